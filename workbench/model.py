@@ -1,0 +1,243 @@
+"""``Workbench``: the one model-wrapping layer.
+
+Holds the HF model, its tokenizer, a chat formatter and a backend (TransformerLens
+``TransformerBridge`` by default, nnsight as the second) that runs forward passes with hook
+functions at TransformerLens site names. Everything else in the package touches a model only
+through this class.
+
+>>> wb = Workbench.load()                                   # the embedded SmolLM2-135M-Instruct
+>>> acts = wb.capture(["How do I bake bread?"], ["blocks.12.hook_resid_post"], position="last")
+>>> acts["blocks.12.hook_resid_post"].shape                 # [n_prompts, d_model]
+torch.Size([1, 576])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import models
+from .backends import BACKENDS, HookFn, StopForward, make_backend
+from .chat import ChatBatch, ChatFormatter
+from .sites import POSITIONS, RAGGED, Site, parse_site, reduce_positions, rows_per_prompt
+
+# A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
+# ``as_hooks(wb) -> {site: fn}`` method (interventions) are accepted wherever hooks are.
+UserHook = Callable[[torch.Tensor, str], torch.Tensor | None]
+
+
+class Activations(dict):
+    """``{site: tensor}`` plus ``record_index``: ``[rows]`` index of the prompt each row came from
+    (``arange(n_prompts)`` except for the ragged positions ``all`` / ``response``)."""
+
+    record_index: torch.Tensor
+    position: str
+
+
+@dataclass
+class BatchCapture:
+    """One batch of captured activations (what the activation store writes)."""
+
+    start: int  # index of the batch's first prompt in the whole dataset
+    acts: Activations
+    tokens: int  # real (non-pad) tokens in the batch
+
+
+class Workbench:
+    """Wrap a HF causal LM for analysis and intervention.
+
+    Args:
+        model, tokenizer: a loaded HF model and fast tokenizer (see :func:`workbench.models.load`).
+        model_id: a name recorded in every artifact's manifest.
+        backend: ``"transformer_lens"`` (default) or ``"nnsight"``; both take the same site names.
+        system_prompt: optional system message for the chat template.
+    """
+
+    def __init__(self, model, tokenizer, model_id: str, backend: str = "transformer_lens",
+                 system_prompt: str | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
+        self.chat = ChatFormatter(tokenizer, system_prompt=system_prompt)
+        self.backend = make_backend(backend, model, tokenizer, model_id)
+        cfg = model.config
+        self.n_layers: int = cfg.num_hidden_layers
+        self.d_model: int = cfg.hidden_size
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.d_head: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    @classmethod
+    def load(cls, name: str = models.DEFAULT_MODEL, backend: str = "transformer_lens",
+             dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> Workbench:
+        """Load a model by name (embedded, ``tiny-llama``, local folder or hub id) and wrap it."""
+        model, tokenizer = models.load(name, dtype=dtype, device=device)
+        return cls(model, tokenizer, name, backend=backend, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"Workbench({self.model_id!r}, backend={self.backend.name!r}, layers={self.n_layers}, "
+                f"d_model={self.d_model}, heads={self.n_heads}/{self.n_kv_heads} kv, d_head={self.d_head})")
+
+    # ----------------------------------------------------------------- sites
+    @property
+    def bridge(self):
+        """The TransformerLens ``TransformerBridge`` (transformer_lens backend only)."""
+        if not hasattr(self.backend, "bridge"):
+            raise AttributeError(f"the {self.backend.name} backend has no TransformerBridge")
+        return self.backend.bridge
+
+    @property
+    def sites(self) -> list[str]:
+        """Every valid hook name (per-head sites add ``[h]`` to ``blocks.{l}.attn.hook_z``)."""
+        return sorted(self.backend.valid_hooks)
+
+    def site(self, name: str) -> Site:
+        """Validate a site name; an unknown one raises listing the closest valid names."""
+        return parse_site(name, self.backend.valid_hooks, self.n_heads)
+
+    def site_shape(self, name: str) -> tuple[int, ...]:
+        """Per-token shape of a site: ``(d_model,)``, ``(n_heads, d_head)`` or ``(d_head,)``."""
+        s = self.site(name)
+        if s.kind == "attn.hook_z":
+            return (self.d_head,) if s.head is not None else (self.n_heads, self.d_head)
+        if s.kind == "mlp.hook_post":
+            return (self.model.config.intermediate_size,)
+        return (self.d_model,)
+
+    # ----------------------------------------------------------------- hooks
+    def _backend_hooks(self, hooks: Mapping[str, UserHook | Sequence[UserHook]] | object
+                       ) -> list[tuple[str, HookFn]]:
+        """Turn ``{site: fn | [fn, ...]}`` (or an intervention object) into backend hooks.
+        A head site ``...hook_z[h]`` gives ``fn`` the ``[batch, pos, d_head]`` slice."""
+        if hasattr(hooks, "as_hooks"):
+            hooks = hooks.as_hooks(self)
+        out = []
+        for name, fns in hooks.items():
+            site = self.site(name)
+            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+                out.append((site.hook, _adapt(fn, site)))
+        return out
+
+    @contextmanager
+    def hooks(self, hooks: Mapping[str, UserHook | Sequence[UserHook]] | object) -> Iterator[Workbench]:
+        """Install hooks for a ``with`` block; they are removed on exit, on an exception and on
+        KeyboardInterrupt. With the transformer_lens backend they fire on every call of the
+        model inside the block (forward, generate, HF Trainer)."""
+        with self.backend.install(self._backend_hooks(hooks)):
+            yield self
+
+    # ----------------------------------------------------------------- forward
+    def tokenize(self, prompts: Sequence[str], responses: Sequence[str] | None = None,
+                 padding_side: str = "left") -> ChatBatch:
+        """Chat-format and tokenize; see :class:`workbench.chat.ChatBatch` for the masks."""
+        return self.chat.encode(prompts, responses, padding_side=padding_side)
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, inputs: Sequence[str] | ChatBatch, hooks=None) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` for prompts (chat-formatted, left-padded) or a batch."""
+        batch = inputs if isinstance(inputs, ChatBatch) else self.tokenize(inputs)
+        batch = batch.to(self._device())
+        with torch.no_grad():
+            out = self.backend.run(batch.input_ids, batch.attention_mask,
+                                   self._backend_hooks(hooks) if hooks else ())
+        return out.logits
+
+    def iter_capture(self, prompts: Sequence[str], sites: Sequence[str], position: str = "last",
+                     batch_size: int = 8, responses: Sequence[str] | None = None, start: int = 0,
+                     dtype: torch.dtype = torch.float32, progress: bool = True) -> Iterator[BatchCapture]:
+        """Yield captured activations batch by batch, from prompt ``start`` on.
+
+        Each site's tensor is reduced to ``position`` (see :func:`workbench.sites.reduce_positions`)
+        inside the hook, so memory holds one batch of reduced activations at a time. The forward
+        pass stops after the last layer any site needs.
+        """
+        if position not in POSITIONS:
+            raise ValueError(f"unknown position {position!r}; choose from {POSITIONS}")
+        if not sites:
+            raise ValueError("no sites to capture")
+        if len(prompts) == 0:
+            raise ValueError("no prompts to capture")
+        parsed = [self.site(s) for s in sites]
+        if len(set(sites)) != len(sites):
+            raise ValueError("duplicate site names")
+        last_layer = max((s.layer for s in parsed if s.layer is not None), default=None)
+        bar = tqdm(total=len(prompts), initial=start, desc="capture", unit="prompt", disable=not progress)
+        for lo in range(start, len(prompts), batch_size):
+            hi = min(lo + batch_size, len(prompts))
+            batch = self.tokenize(prompts[lo:hi], None if responses is None else responses[lo:hi])
+            batch = batch.to(self._device())
+            acts = Activations()
+
+            def grab(t: torch.Tensor, name: str, batch=batch, acts=acts) -> None:
+                acts[name] = reduce_positions(t.detach(), batch, position).to("cpu", dtype).contiguous()
+
+            hooks: dict[str, list] = {s.name: [grab] for s in parsed}
+            if last_layer is not None and last_layer < self.n_layers - 1:
+                hooks.setdefault(f"blocks.{last_layer}.hook_resid_post", []).append(_stop)
+            with torch.no_grad():
+                self.backend.run(batch.input_ids, batch.attention_mask, self._backend_hooks(hooks))
+            counts = rows_per_prompt(batch, position)
+            acts.record_index = torch.repeat_interleave(torch.arange(lo, hi), counts)
+            acts.position = position
+            bar.update(hi - lo)
+            yield BatchCapture(start=lo, acts=acts, tokens=int(batch.attention_mask.sum()))
+        bar.close()
+
+    def capture(self, prompts: Sequence[str], sites: Sequence[str], position: str = "last",
+                batch_size: int = 8, responses: Sequence[str] | None = None,
+                dtype: torch.dtype = torch.float32, progress: bool = True) -> Activations:
+        """Capture activations in memory: ``{site: tensor}`` with shapes ``[n, *site_shape]``
+        (``[n, k, *site_shape]`` for post_instruction, ``[n_tokens, *site_shape]`` for all /
+        response). For datasets that do not fit memory, use :class:`workbench.ActivationStore`."""
+        parts = list(self.iter_capture(prompts, sites, position, batch_size, responses,
+                                       dtype=dtype, progress=progress))
+        out = Activations({s: torch.cat([p.acts[s] for p in parts]) for s in sites})
+        out.record_index = torch.cat([p.acts.record_index for p in parts])
+        out.position = position
+        return out
+
+    # ----------------------------------------------------------------- generate
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 8,
+                 do_sample: bool = False, progress: bool = True, **kwargs) -> list[str]:
+        """Batched generation (greedy by default), left-padded, with a KV cache. Hooks installed
+        with :meth:`hooks` apply at every step (transformer_lens backend)."""
+        if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
+            raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
+        out: list[str] = []
+        for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
+            batch = self.tokenize(prompts[lo:lo + batch_size]).to(self._device())
+            with torch.no_grad():
+                ids = self.model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    max_new_tokens=max_new_tokens, do_sample=do_sample,
+                    pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+            new = ids[:, batch.input_ids.shape[1]:]
+            out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return out
+
+
+def _stop(t: torch.Tensor, name: str) -> None:
+    raise StopForward
+
+
+def _adapt(fn: UserHook, site: Site) -> HookFn:
+    """Bind the site name; for a head site, hand ``fn`` that head's slice and write it back."""
+    if site.head is None:
+        return lambda t: fn(t, site.name)
+    h = site.head
+
+    def on_head(t: torch.Tensor) -> torch.Tensor | None:
+        out = fn(t[:, :, h], site.name)
+        if out is None:
+            return None
+        t = t.clone()
+        t[:, :, h] = out
+        return t
+
+    return on_head

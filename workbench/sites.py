@@ -1,0 +1,110 @@
+"""Site names (TransformerLens hook names) and token-position reductions.
+
+A site is a TransformerLens hook name, e.g. ``blocks.12.hook_resid_post`` or
+``blocks.12.attn.hook_z``; an attention-head site adds a head index: ``blocks.12.attn.hook_z[3]``.
+Shapes per batch: residual-width sites ``[batch, pos, d_model]``, ``attn.hook_z``
+``[batch, pos, n_heads, d_head]``, a single head ``[batch, pos, d_head]``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .chat import ChatBatch
+
+# Hooks every backend offers, per layer (the nnsight backend maps these to module paths).
+LAYER_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "attn.hook_z",
+    "mlp.hook_post",
+)
+HEAD_HOOKS = ("attn.hook_z",)
+_SITE = re.compile(r"^blocks\.(\d+)\.([\w.]+?)(?:\[(\d+)\])?$")
+
+
+class UnknownSite(KeyError):
+    """A site name the model does not have; the message lists the closest valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str  # as given, head index included
+    hook: str  # hook name without head index, e.g. "blocks.3.attn.hook_z"
+    layer: int | None
+    kind: str  # e.g. "hook_resid_post", "attn.hook_z"
+    head: int | None
+
+
+def parse_site(name: str, valid: set[str], n_heads: int) -> Site:
+    """Parse and validate ``name`` against ``valid`` hook names; raise :class:`UnknownSite`."""
+    m = _SITE.match(name)
+    hook, layer, kind, head = name, None, name, None
+    if m:
+        layer, kind = int(m.group(1)), m.group(2)
+        head = int(m.group(3)) if m.group(3) is not None else None
+        hook = f"blocks.{layer}.{kind}"
+    if hook not in valid:
+        close = difflib.get_close_matches(name, sorted(valid), n=5, cutoff=0.5)
+        raise UnknownSite(f"Unknown site {name!r}. Closest valid names: {close or sorted(valid)[:5]}")
+    if head is not None:
+        if kind not in HEAD_HOOKS:
+            raise UnknownSite(f"{name!r}: a head index is only valid on {HEAD_HOOKS}")
+        if not 0 <= head < n_heads:
+            raise UnknownSite(f"{name!r}: head {head} out of range, the model has {n_heads} heads")
+    return Site(name=name, hook=hook, layer=layer, kind=kind, head=head)
+
+
+POSITIONS = ("last", "mean", "post_instruction", "post_instruction_mean", "all", "response", "response_mean")
+RAGGED = ("all", "response")
+
+
+def position_mask(batch: ChatBatch, position: str) -> torch.Tensor:
+    """``[batch, pos]`` bool mask of the tokens a position choice reads."""
+    if position in ("mean", "all"):
+        return batch.attention_mask.bool()
+    if position.startswith("post_instruction"):
+        return batch.post_instruction_mask
+    if position.startswith("response"):
+        return batch.response_mask
+    raise ValueError(f"unknown position {position!r}; choose from {POSITIONS}")
+
+
+def reduce_positions(acts: torch.Tensor, batch: ChatBatch, position: str) -> torch.Tensor:
+    """Reduce ``acts`` ``[batch, pos, *shape]`` to the chosen token positions.
+
+    Returns ``[batch, *shape]`` for last / *_mean, ``[batch, k, *shape]`` for post_instruction
+    (k template tokens, the same for every prompt), and ``[n_tokens, *shape]`` (rows in batch
+    order) for the ragged choices all / response.
+    """
+    if position == "last":
+        return acts[torch.arange(acts.shape[0]), batch.last_index.to(acts.device)]
+    mask = position_mask(batch, position).to(acts.device)
+    if position in RAGGED:
+        return acts[mask]
+    counts = mask.sum(1)
+    if (counts == 0).any():
+        raise ValueError(f"position {position!r}: some prompts have no such tokens (no response given?)")
+    if position == "post_instruction":
+        if (counts != counts[0]).any():
+            raise ValueError("post_instruction tokens differ in number across prompts; use post_instruction_mean")
+        return acts[mask].reshape(acts.shape[0], int(counts[0]), *acts.shape[2:])
+    weights = mask.to(acts.dtype).reshape(*mask.shape, *([1] * (acts.dim() - 2)))
+    return (acts * weights).sum(1) / counts.reshape(-1, *([1] * (acts.dim() - 2))).to(acts.dtype)
+
+
+def rows_per_prompt(batch: ChatBatch, position: str) -> torch.Tensor:
+    """``[batch]`` how many rows each prompt contributes to a reduced tensor."""
+    if position in RAGGED:
+        return position_mask(batch, position).sum(1)
+    return torch.ones(len(batch), dtype=torch.long)
