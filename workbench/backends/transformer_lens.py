@@ -20,14 +20,15 @@ class TransformerLensBackend(Backend):
         # numbers), so `model(...)` itself fires the HookPoints.
         logging.getLogger("transformer_lens").setLevel(logging.WARNING)
         self.bridge = TransformerBridge.boot_transformers(model_id, hf_model=model, tokenizer=tokenizer)
-        self.valid_hooks = set(self.bridge.hook_dict)
+        self.points = dict(self.bridge.hook_dict)  # the property rebuilds aliases on every access
+        self.valid_hooks = set(self.points)
 
     @contextmanager
     def install(self, hooks: Sequence[tuple[str, HookFn]]):
         added = []
         try:
             for name, fn in hooks:
-                point = self.bridge.hook_dict[name]
+                point = self.points[name]
                 point.add_hook(lambda t, hook, fn=fn: fn(t))
                 added.append((point, point.fwd_hooks[-1]))
             yield
@@ -44,7 +45,7 @@ class TransformerLensBackend(Backend):
                 return None
 
     def hook_count(self) -> int:
-        return sum(len(p.fwd_hooks) + len(p.bwd_hooks) for p in self.bridge.hook_dict.values()) + sum(
+        return sum(len(p.fwd_hooks) + len(p.bwd_hooks) for p in self.points.values()) + sum(
             len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.model.modules()
         )
 

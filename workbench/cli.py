@@ -1,0 +1,165 @@
+"""The ``workbench`` command.
+
+    workbench demo [--out out/demo] [--n-per-class 100]    the main job on the embedded model
+    workbench cache --out DIR [--model M] [--harmful advbench,harmbench] [--benign benign_instructions]
+                    [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
+    workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
+    workbench sites [--model M]                             list valid site names
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+SITE_GROUPS = {
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "z": "blocks.{l}.attn.hook_z",
+}
+
+
+def expand_sites(spec: str, n_layers: int) -> list[str]:
+    """``"resid_post,z"`` -> every layer's sites of those kinds; full site names pass through."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        out.extend([SITE_GROUPS[part].format(l=l) for l in range(n_layers)] if part in SITE_GROUPS else [part])
+    return out
+
+
+def _records(args):
+    from .data import harmful_vs_benign
+
+    return harmful_vs_benign(harmful=args.harmful.split(","), benign=args.benign.split(","),
+                             n_per_class=args.n_per_class, split=args.split, seed=args.seed,
+                             match_lengths=True)
+
+
+def cmd_cache(args, wb=None) -> Path:
+    from . import ActivationStore, Workbench
+
+    wb = wb or Workbench.load(args.model, backend=args.backend)
+    records = _records(args)
+    sites = expand_sites(args.sites, wb.n_layers)
+    t0 = time.perf_counter()
+    store = ActivationStore.build(args.out, wb, [r.prompt for r in records], sites, position=args.position,
+                                  labels=[r.label for r in records], ids=[r.id for r in records],
+                                  batch_size=args.batch_size)
+    print(f"cached {len(records)} prompts x {len(sites)} sites in {time.perf_counter() - t0:.1f}s -> {store}")
+    return Path(args.out)
+
+
+def cmd_probe(args) -> Path:
+    from . import ActivationStore
+    from .plots import head_heatmap, probe_accuracy_plot, save_html
+    from .probes import probe_sweep, split_heads
+
+    store = ActivationStore(args.store)
+    features = split_heads({s: store.load(s) for s in store.sites})
+    labels = store.labels
+    if (labels < 0).any():
+        raise SystemExit("the store has records without labels; probes need harmful/benign labels")
+    t0 = time.perf_counter()
+    table = probe_sweep(features, labels, n_folds=args.folds, seed=args.seed)
+    elapsed = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "probes.csv", index=False)
+    save_html(probe_accuracy_plot(table), out / "probe_accuracy.html")
+    if (table["kind"] == "z").any():
+        save_html(head_heatmap(table), out / "head_heatmap.html")
+    best = table.sort_values("accuracy", ascending=False).groupby("kind").head(1)
+    print(f"probe sweep: {len(table)} sites, {args.folds}-fold, {len(labels)} examples "
+          f"({int(labels.sum())} harmful) in {elapsed:.1f}s")
+    cols = ["site", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "auroc"]
+    print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"table and plots in {out}/")
+    return out
+
+
+def cmd_demo(args) -> None:
+    from . import Workbench
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    wb = Workbench.load(args.model)
+    print(f"loaded {wb} in {time.perf_counter() - t0:.1f}s")
+    args.out, store_dir = str(out / "activations"), out / "activations"
+    cmd_cache(args, wb)
+    probe_args = argparse.Namespace(store=str(store_dir), out=str(out / "probes"), folds=5, seed=args.seed)
+    cmd_probe(probe_args)
+    records = _records(args)
+    harmful = [r.prompt for r in records if r.label == 1][:3]
+    replies = wb.generate(harmful, max_new_tokens=40, progress=False)
+    print("\nwhat the untouched model says to harmful requests (it complies: safety work has a job here):")
+    for p, r in zip(harmful, replies):
+        print(f"  > {p[:80]}\n    {r.strip()[:160]!r}")
+    (out / "summary.json").write_text(json.dumps({"model": wb.model_id, "replies": dict(zip(harmful, replies))},
+                                                 indent=1))
+    print(f"\ndemo outputs in {out}/")
+
+
+def cmd_sites(args) -> None:
+    from . import Workbench
+
+    print("\n".join(Workbench.load(args.model, backend=args.backend).sites))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p):
+        p.add_argument("--model", default=DEFAULT_MODEL)
+        p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"])
+        p.add_argument("--harmful", default="advbench,harmbench")
+        p.add_argument("--benign", default="benign_instructions,donotanswer_sensitive")
+        p.add_argument("--n-per-class", type=int, default=None)
+        p.add_argument("--split", default=None, choices=[None, "train", "val", "test"])
+        p.add_argument("--sites", default="resid_post,z")
+        p.add_argument("--position", default="last")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded model")
+    data_args(demo)
+    demo.add_argument("--out", default="out/demo")
+    demo.set_defaults(func=cmd_demo, n_per_class=100)
+    cache = sub.add_parser("cache", help="cache activations of harmful vs benign prompts to disk")
+    data_args(cache)
+    cache.add_argument("--out", required=True)
+    cache.set_defaults(func=cmd_cache)
+    probe = sub.add_parser("probe", help="probe sweep over every site of an activation store")
+    probe.add_argument("--store", required=True)
+    probe.add_argument("--out", required=True)
+    probe.add_argument("--folds", type=int, default=5)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.set_defaults(func=cmd_probe)
+    sites = sub.add_parser("sites", help="list valid site names")
+    sites.add_argument("--model", default=DEFAULT_MODEL)
+    sites.add_argument("--backend", default="transformer_lens")
+    sites.set_defaults(func=cmd_sites)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+        print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
