@@ -77,6 +77,12 @@ def test_hooks_change_outputs_and_never_leak(wb, prompts):
     with pytest.raises(RuntimeError, match="boom"):
         with wb.hooks({"blocks.2.hook_resid_post": lambda t, s: t * 0}):
             raise RuntimeError("boom")
+    def interrupt(t, site):
+        raise KeyboardInterrupt  # Ctrl-C in a notebook, mid forward pass
+
+    with pytest.raises(KeyboardInterrupt):
+        with wb.hooks({"blocks.3.hook_resid_pre": interrupt}):
+            wb.forward(prompts[:2])
     with pytest.raises(ZeroDivisionError):
         wb.forward(prompts[:2], hooks={"blocks.5.hook_mlp_out": lambda t, s: 1 / 0})
     assert wb.backend.hook_count() == before
