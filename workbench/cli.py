@@ -5,6 +5,8 @@
                     [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
     workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
     workbench sites [--model M]                             list valid site names
+    workbench eval MODEL_OR_RUN [--size quick|full] [--out DIR]   safety evaluation -> eval.json + report.html
+    workbench report RUN_OR_EVAL... --out DIR               side-by-side comparison of evaluations
 """
 
 from __future__ import annotations
@@ -111,6 +113,45 @@ def cmd_sites(args) -> None:
     print("\n".join(Workbench.load(args.model, backend=args.backend).sites))
 
 
+def _load_for_eval(target: str):
+    """A model name / folder, or a training run folder (its trained model)."""
+    from . import Workbench
+
+    folder = Path(target)
+    if folder.is_dir() and (folder / "metrics.jsonl").is_file():
+        from .train import load_run
+
+        return load_run(folder)
+    return Workbench.load(target)
+
+
+def cmd_eval(args) -> Path:
+    from .evals import build_suites, evaluate, load_metrics, save_metrics, write_report
+
+    wb = _load_for_eval(args.target)
+    out = Path(args.out or (Path(args.target) / "eval" if Path(args.target).is_dir() else Path("out/eval") / args.target))
+    t0 = time.perf_counter()
+    metrics = evaluate(wb, build_suites(args.size, args.seed), max_new_tokens=args.max_new_tokens)
+    path = save_metrics(metrics, out / "eval.json", wb.model_id, args.size, args.seed)
+    report = write_report({Path(args.target).name: load_metrics(path)}, out)
+    for name, m in metrics.items():
+        print(f"  {name:14s} {m['metric']:20s} {m['value']:.3f}  [{m['ci_low']:.3f}, {m['ci_high']:.3f}]  n={m['n']}")
+    print(f"evaluated in {time.perf_counter() - t0:.0f}s -> {path}, {report}")
+    return out
+
+
+def cmd_report(args) -> Path:
+    from .evals import load_metrics, write_report
+
+    runs = {}
+    for target in args.runs:
+        p = Path(target)
+        runs[p.name if p.name != "eval" else p.parent.name] = load_metrics(p / "eval" if (p / "eval").is_dir() else p)
+    path = write_report(runs, args.out)
+    print(f"report -> {path}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
@@ -148,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--model", default=DEFAULT_MODEL)
     sites.add_argument("--backend", default="transformer_lens")
     sites.set_defaults(func=cmd_sites)
+    ev = sub.add_parser("eval", help="safety evaluation of a model or a training run")
+    ev.add_argument("target")
+    ev.add_argument("--size", default="quick", choices=["quick", "full"])
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--max-new-tokens", type=int, default=48)
+    ev.add_argument("--out", default=None)
+    ev.set_defaults(func=cmd_eval)
+    rep = sub.add_parser("report", help="compare evaluations side by side")
+    rep.add_argument("runs", nargs="+")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
