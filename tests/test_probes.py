@@ -1,0 +1,334 @@
+"""Tests for workbench.probes (and the probe figures in workbench.plots).
+
+Ground truth is computed independently: sklearn pipelines on StratifiedKFold folds,
+sklearn's roc_auc_score, direct numpy means.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from workbench import plots
+from workbench.probes import (
+    auroc_weighted,
+    diff_means_directions,
+    diff_means_separation,
+    drop_dimensions,
+    fit_logreg_batched,
+    make_folds,
+    massive_dimensions,
+    parse_site,
+    probe_sweep,
+    probe_transfer,
+    split_heads,
+    wilson_interval,
+)
+
+STRENGTHS = (0.0, 0.4, 1.0, 4.0)  # planted-concept strength per "layer": chance .. easy
+D_RESID, D_HEAD, MASSIVE = 48, 12, 7
+
+
+def planted(n: int = 500, seed: int = 0, strengths=STRENGTHS, massive: bool = True, shift: float = 0.0):
+    """Sites ``blocks.{i}.hook_resid_post`` [n, 48] (with a massive dim 7) and
+    ``blocks.{i}.attn.hook_z[0]`` [n, 12], concept strength ``strengths[i]``; labels [n]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.zeros(n, dtype=torch.long)
+    y[torch.randperm(n, generator=g)[: n // 2]] = 1
+    sign = (2 * y - 1).float()[:, None]
+    latent = torch.randn(n, 4, generator=g)
+    feats = {}
+    for i, st in enumerate(strengths):
+        for d, name in ((D_RESID, f"blocks.{i}.hook_resid_post"), (D_HEAD, f"blocks.{i}.attn.hook_z[0]")):
+            gs = torch.Generator().manual_seed(1000 + 10 * i + d)  # same directions across seeds / splits
+            u = torch.randn(d, generator=gs)
+            loadings = torch.randn(4, d, generator=gs) * 0.5
+            x = torch.randn(n, d, generator=g) + latent @ loadings + (st / 2) * sign * u / u.norm() + shift
+            if massive and d == D_RESID:
+                x[:, MASSIVE] = 400 + 150 * torch.randn(n, generator=g)
+            feats[name] = x
+    return feats, y
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Many small torch ops: with 2 intra-op threads on a busy 2-core machine each op waits for
+    a free core (~10 ms per op); one thread keeps these tests fast and load-independent."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return planted()
+
+
+@pytest.fixture(scope="module")
+def sweeps(data):
+    feats, y = data
+    return {m: probe_sweep(feats, y, method=m, return_scores=True) for m in ("torch", "sklearn")}
+
+
+# ----------------------------------------------------------------------------- site names
+def test_parse_site():
+    assert parse_site("blocks.12.hook_resid_post") == ("resid_post", 12, None)
+    assert parse_site("blocks.0.hook_resid_pre") == ("resid_pre", 0, None)
+    assert parse_site("blocks.3.hook_resid_mid") == ("resid_mid", 3, None)
+    assert parse_site("blocks.29.hook_attn_out") == ("attn_out", 29, None)
+    assert parse_site("blocks.7.hook_mlp_out") == ("mlp_out", 7, None)
+    assert parse_site("blocks.12.attn.hook_z[3]") == ("z", 12, 3)
+    assert parse_site("blocks.12.attn.hook_z") == ("z", 12, None)
+    for bad in ("hook_embed", "blocks.x.hook_resid_post", "blocks.1.attn.hook_z[a]", "resid_post"):
+        with pytest.raises(ValueError, match="cannot parse site"):
+            parse_site(bad)
+
+
+def test_split_heads():
+    z = torch.randn(10, 3, 4)
+    r = torch.randn(10, 8)
+    out = split_heads({"blocks.2.attn.hook_z": z, "blocks.2.hook_resid_post": r})
+    assert list(out) == [f"blocks.2.attn.hook_z[{h}]" for h in range(3)] + ["blocks.2.hook_resid_post"]
+    for h in range(3):
+        assert torch.equal(out[f"blocks.2.attn.hook_z[{h}]"], z[:, h])
+    assert out["blocks.2.hook_resid_post"] is r
+
+
+# ----------------------------------------------------------------------------- torch vs sklearn
+def test_torch_matches_sklearn(sweeps):
+    (t, ts), (s, ss) = sweeps["torch"], sweeps["sklearn"]
+    assert list(t["site"]) == list(s["site"])
+    assert (t["accuracy"] - s["accuracy"]).abs().max() <= 0.01
+    assert (t["auroc"] - s["auroc"]).abs().max() <= 0.01
+    assert np.abs(ts["scores"] - ss["scores"]).max() < 0.05  # same optimum, not just same accuracy
+    np.testing.assert_array_equal(ts["fold"], ss["fold"])
+    # sites span chance .. easy, for both widths
+    for d in (D_RESID, D_HEAD):
+        acc = t[t["d"] == d].sort_values("layer")["accuracy"].to_numpy()
+        assert acc[0] < 0.6 and acc[-1] > 0.9, acc
+
+
+def test_solver_reaches_sklearn_optimum():
+    """Coefficients and the unpenalized intercept equal sklearn's (imbalanced labels, 3 sites)."""
+    g = torch.Generator().manual_seed(3)
+    n, d = 300, 10
+    y = (torch.rand(n, generator=g) < 0.25).long()
+    X = torch.randn(3, n, d, generator=g, dtype=torch.float64) + y[None, :, None] * torch.tensor([0.2, 0.6, 1.5])[:, None, None]
+    for l2 in (0.3, 3.0):
+        w, b = fit_logreg_batched(X, y, l2=l2, tol=1e-10)
+        for s in range(3):
+            ref = LogisticRegression(C=1 / l2, tol=1e-10, max_iter=10_000).fit(X[s].numpy(), y.numpy())
+            np.testing.assert_allclose(w[s].numpy(), ref.coef_[0], atol=1e-5)
+            np.testing.assert_allclose(float(b[s]), ref.intercept_[0], atol=1e-5)
+    with pytest.raises(ValueError, match="l2 must be > 0"):
+        fit_logreg_batched(X, y, l2=0.0)
+
+
+def test_tiny_variance_feature_standardized_like_sklearn():
+    """A float32 feature with a huge mean and a tiny (but real) spread carries the concept:
+    standardization must use float64 stats and sklearn's constant-feature rule."""
+    g = torch.Generator().manual_seed(7)
+    n = 400
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 6, generator=g)
+    x[:, 0] = 1000 + 3e-4 * (torch.randn(n, generator=g) + 1.5 * (2 * y - 1))
+    x[:, 1] = 5.0  # exactly constant
+    feats = {"blocks.0.hook_resid_post": x}
+    t, s = probe_sweep(feats, y), probe_sweep(feats, y, method="sklearn")
+    assert s["accuracy"].iloc[0] > 0.85
+    assert abs(t["accuracy"].iloc[0] - s["accuracy"].iloc[0]) <= 0.01
+
+
+def test_folds_are_stratified_kfold_and_shared(data, sweeps):
+    feats, y = data
+    _, info = sweeps["sklearn"]
+    skf = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    expected = np.empty(len(y), dtype=int)
+    for f, (_, te) in enumerate(skf.split(np.zeros(len(y)), y.numpy())):
+        expected[te] = f
+    np.testing.assert_array_equal(info["fold"], expected)
+    # an independent sklearn loop on those folds reproduces the out-of-fold scores of one site
+    site = "blocks.2.hook_resid_post"
+    i = list(feats).index(site)
+    oof = np.empty(len(y))
+    for tr, te in skf.split(np.zeros(len(y)), y.numpy()):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, tol=1e-6))
+        clf.fit(feats[site][tr].double().numpy(), y[tr].numpy())
+        oof[te] = clf.decision_function(feats[site][te].double().numpy())
+    np.testing.assert_allclose(info["scores"][i], oof, atol=1e-8)
+    # the same tensor under two names, batched with different neighbours, gives the same row
+    dup = {"blocks.9.hook_resid_post": feats[site], **feats, "copy": feats[site]}
+    df = probe_sweep(dup, y).set_index("site")
+    cols = ["accuracy", "auroc", "accuracy_fold_std"]
+    np.testing.assert_allclose(df.loc["copy", cols].to_numpy(float), df.loc["blocks.9.hook_resid_post", cols].to_numpy(float))
+    assert pd.isna(df.loc["copy", "layer"]) and df.loc["copy", "kind"] == "copy"
+
+
+def test_deterministic_for_seed(data):
+    feats, y = data
+    a = probe_sweep(feats, y, seed=1)
+    b = probe_sweep(feats, y, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.array_equal(make_folds(y, 5, 1)[0][1], make_folds(y, 5, 2)[0][1])
+
+
+def test_metrics_match_independent_computation(data, sweeps):
+    _, y = data
+    df, info = sweeps["torch"]
+    yy = y.numpy()
+    for i, row in df.iterrows():
+        sc = info["scores"][i]
+        assert row["accuracy"] == pytest.approx(((sc > 0) == (yy == 1)).mean())
+        assert row["auroc"] == pytest.approx(roc_auc_score(yy, sc), abs=1e-12)
+        assert row["accuracy_ci_low"] < row["accuracy"] < row["accuracy_ci_high"]
+        assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
+        fold_acc = [((sc[info["fold"] == f] > 0) == (yy[info["fold"] == f] == 1)).mean() for f in range(5)]
+        assert row["accuracy_fold_std"] == pytest.approx(np.std(fold_acc, ddof=1))
+    lo, hi = wilson_interval(np.array([50, 0]), 100)
+    np.testing.assert_allclose([lo[0], hi[0]], [0.403832, 0.596168], atol=1e-6)
+    assert lo[1] == pytest.approx(0.0, abs=1e-12) and hi[1] == pytest.approx(0.036994, abs=1e-6)
+
+
+def test_weighted_auroc_equals_explicit_resampling():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    scores = np.stack([rng.normal(size=60) + y, np.round(rng.normal(size=60) + 2 * y, 1)])  # row 2: many ties
+    idx = rng.integers(0, 60, size=(5, 60))
+    counts = np.stack([np.bincount(r, minlength=60) for r in idx]).astype(float)
+    got = auroc_weighted(scores, y, counts)
+    for s in range(2):
+        for b in range(5):
+            assert got[s, b] == pytest.approx(roc_auc_score(y[idx[b]], scores[s, idx[b]]), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- baselines and dims
+def test_diff_means_direction_and_separation(data):
+    feats, y = data
+    dirs = diff_means_directions(feats, y)
+    for s, x in feats.items():
+        xn, yn = x.double().numpy(), y.numpy()
+        v = xn[yn == 1].mean(0) - xn[yn == 0].mean(0)
+        np.testing.assert_allclose(dirs[s].double().numpy(), v / np.linalg.norm(v), atol=1e-6)
+    df = diff_means_separation(feats, y).set_index("site")
+    assert df.loc["blocks.3.attn.hook_z[0]", "accuracy"] > 0.9
+    assert abs(df.loc["blocks.0.attn.hook_z[0]", "accuracy"] - 0.5) < 0.1
+    # independent out-of-fold computation for one site
+    site, yn = "blocks.2.attn.hook_z[0]", y.numpy()
+    x = feats[site].double().numpy()
+    correct = 0
+    for tr, te in make_folds(y, 5, 0):
+        m1, m0 = x[tr][yn[tr] == 1].mean(0), x[tr][yn[tr] == 0].mean(0)
+        u = (m1 - m0) / np.linalg.norm(m1 - m0)
+        correct += ((x[te] @ u > (m1 + m0) @ u / 2) == (yn[te] == 1)).sum()
+    assert df.loc[site, "accuracy"] == pytest.approx(correct / len(y))
+
+
+def test_massive_dimension_found_and_dropped(data):
+    feats, y = data
+    md = massive_dimensions(feats, top=2)
+    top = md[(md["site"] == "blocks.3.hook_resid_post") & (md["rank"] == 0)].iloc[0]
+    assert top["dim"] == MASSIVE and top["var_fraction"] > 0.9
+    dropped = drop_dimensions(feats, [MASSIVE])
+    r = dropped["blocks.3.hook_resid_post"]
+    assert r.shape == (len(y), D_RESID - 1)
+    keep = [i for i in range(D_RESID) if i != MASSIVE]
+    assert torch.equal(r, feats["blocks.3.hook_resid_post"][:, keep])
+    assert torch.equal(dropped["blocks.3.attn.hook_z[0]"], feats["blocks.3.attn.hook_z[0]"])  # heads untouched
+    assert massive_dimensions(dropped, 1).set_index("site").loc["blocks.3.hook_resid_post", "var_fraction"] < 0.2
+    by_df = drop_dimensions(feats, md[md["rank"] == 0])  # the DataFrame form: per-site dims
+    assert by_df["blocks.3.hook_resid_post"].shape[1] == D_RESID - 1
+    res = probe_sweep({k: v for k, v in dropped.items() if "resid" in k}, y).set_index("site")
+    assert res.loc["blocks.3.hook_resid_post", "accuracy"] > 0.9  # concept does not hinge on the massive dim
+    assert res.loc["blocks.0.hook_resid_post", "accuracy"] < 0.6
+    with pytest.raises(ValueError, match="out of range"):
+        drop_dimensions(feats, [D_RESID])
+
+
+def test_probe_transfer():
+    train, ytr = planted(400, seed=1)
+    test, yte = planted(300, seed=2, shift=0.3)  # same concept directions, shifted distribution
+    t = probe_transfer(train, ytr, test, yte).set_index("site")
+    s = probe_transfer(train, ytr, test, yte, method="sklearn").set_index("site")
+    assert t.loc["blocks.3.hook_resid_post", "accuracy"] > 0.85
+    assert abs(t.loc["blocks.0.hook_resid_post", "accuracy"] - 0.5) < 0.1
+    assert (t["accuracy"] - s["accuracy"]).abs().max() <= 0.01
+    assert (t["auroc"] - s["auroc"]).abs().max() <= 0.01
+    with pytest.raises(ValueError, match="same sites"):
+        probe_transfer(train, ytr, {k: v for k, v in list(test.items())[:2]}, yte)
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda f, y: (f, y + 1), "labels must be 0/1"),
+        (lambda f, y: (f, torch.zeros_like(y)), "only one class"),
+        (lambda f, y: (f, torch.cat([torch.ones(3, dtype=torch.long), torch.zeros(len(y) - 3, dtype=torch.long)])),
+         "fewer than n_folds"),
+        (lambda f, y: (f, y[:-1]), "rows but labels has"),
+        (lambda f, y: ({}, y), "features is empty"),
+        (lambda f, y: ({**f, "blocks.0.hook_resid_post": torch.full_like(f["blocks.0.hook_resid_post"], float("nan"))}, y),
+         "NaN"),
+        (lambda f, y: ({"blocks.0.attn.hook_z": torch.randn(len(y), 2, 4)}, y), "split_heads"),
+        (lambda f, y: (f, y.reshape(-1, 1)), "1-D"),
+    ],
+)
+def test_errors(mutate, match):
+    feats, y = planted(40, strengths=(1.0,))
+    f, yy = mutate(feats, y)
+    with pytest.raises(ValueError, match=match):
+        probe_sweep(f, yy, n_folds=5)
+
+
+def test_bad_method(data):
+    feats, y = data
+    with pytest.raises(ValueError, match="method must be"):
+        probe_sweep(feats, y, method="svm")
+
+
+# ----------------------------------------------------------------------------- plots
+def _grid_df(n_layers: int = 4, n_heads: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer in range(n_layers):
+        for kind in ("resid_post", "mlp_out"):
+            rows.append(dict(site=f"blocks.{layer}.hook_{kind}", kind=kind, layer=layer, head=pd.NA))
+        for h in range(n_heads):
+            rows.append(dict(site=f"blocks.{layer}.attn.hook_z[{h}]", kind="z", layer=layer, head=h))
+    df = pd.DataFrame(rows)
+    df["accuracy"] = rng.uniform(0.5, 1.0, len(df))
+    df["accuracy_ci_low"], df["accuracy_ci_high"] = df["accuracy"] - 0.03, df["accuracy"] + 0.03
+    df["head"] = df["head"].astype("Int64")
+    return df
+
+
+def test_probe_plots(tmp_path, sweeps):
+    df = _grid_df()
+    fig = plots.probe_accuracy_plot(df)
+    assert isinstance(fig, go.Figure)
+    assert [t.name for t in fig.data] == ["resid_post", "mlp_out", "z (best head)"]
+    assert len(fig.data[0].x) == 4 and fig.data[0].error_y.array is not None
+    best = df[df["kind"] == "z"].groupby("layer")["accuracy"].max().to_numpy()
+    np.testing.assert_allclose(fig.data[2].y, best)
+    assert any(s.line.dash == "dash" and s.y0 == 0.5 for s in fig.layout.shapes)  # chance line
+    hm = plots.head_heatmap(df)
+    assert np.asarray(hm.data[0].z).shape == (4, 3)
+    assert np.asarray(hm.data[0].z)[2, 1] == pytest.approx(df.set_index("site").loc["blocks.2.attn.hook_z[1]", "accuracy"])
+    real = plots.probe_accuracy_plot(sweeps["torch"][0], metric="auroc")
+    assert len(real.data) == 2  # resid_post + z (best head)
+    path = plots.save_html(fig, tmp_path / "sub" / "probe.html")
+    html = path.read_text()
+    assert not re.search(r"<script[^>]*src=\"http", html) and len(html) > 1_000_000  # plotly.js inlined
+    with pytest.raises(ValueError, match="no per-head rows"):
+        plots.head_heatmap(df[df["kind"] != "z"])
