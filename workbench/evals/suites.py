@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import Record, jailbreak_suite, load_dataset
+from ..probes import wilson_interval
 from .judges import SubstringJudge
 
 SIZES = {"quick": 16, "full": 100}
@@ -61,13 +62,12 @@ def build_suites(size: str = "quick", seed: int = 0) -> dict[str, Suite]:
     return suites
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion k/n."""
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion k/n (NaN for n = 0)."""
     if n == 0:
         return float("nan"), float("nan")
-    p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
+    lo, hi = wilson_interval(np.array([k]), n)
+    return float(lo[0]), float(hi[0])
 
 
 def _rate(hits: np.ndarray) -> dict:
