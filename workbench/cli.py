@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--model", default=DEFAULT_MODEL)
     sites.add_argument("--backend", default="transformer_lens")
     sites.set_defaults(func=cmd_sites)
+    sae = sub.add_parser("sae", help="sparse autoencoders (sae-lens) on cached activations")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    from .concepts.sae import add_train_arguments, run_train
+
+    add_train_arguments(sae_sub.add_parser("train", help="train an SAE (progress bar); writes cfg.json, "
+                                           "sae_weights.safetensors, workbench.json")).set_defaults(func=run_train)
     ev = sub.add_parser("eval", help="safety evaluation of a model or a training run")
     ev.add_argument("target")
     ev.add_argument("--size", default="quick", choices=["quick", "full"])

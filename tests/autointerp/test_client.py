@@ -1,0 +1,135 @@
+"""The OpenAI-compatible client against a chat-completions server on 127.0.0.1 (http.server in a thread)."""
+
+import copy
+import json
+import logging
+import pickle
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from workbench.autointerp import ChatClient, ChatClientError, LLMExplainer, LLMScorer, detection_score
+from workbench.autointerp.examples import Example
+
+KEY = "sk-test-SECRET-0123456789"
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Speaks POST /v1/chat/completions like OpenAI / vLLM / Ollama; scripted by the server's fields."""
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if srv.fail_next:
+            srv.fail_next -= 1
+            return self._send(503, {"error": {"message": "overloaded"}})
+        if self.path != "/v1/chat/completions":
+            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+        if srv.require_key and self.headers.get("Authorization") != f"Bearer {KEY}":
+            # a careless server that echoes the header it got
+            return self._send(401, {"error": {"message": f"bad key {self.headers.get('Authorization')}"}})
+        user = body["messages"][-1]["content"]
+        if "Feature description" in user:
+            lines = [ln for ln in user.splitlines() if ln[:1].isdigit() and ". " in ln]
+            content = json.dumps([int("bomb" in ln) for ln in lines])
+        else:
+            content = "These are about weapons.\nLabel: bomb making"
+        self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+    def _send(self, status, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.requests, srv.fail_next, srv.require_key = [], 0, True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def url(srv):
+    return f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+def test_chat_round_trip_from_env(server, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_LLM_BASE_URL", url(server) + "/")
+    monkeypatch.setenv("WORKBENCH_LLM_MODEL", "qwen2.5:0.5b")
+    monkeypatch.setenv("WORKBENCH_LLM_API_KEY", KEY)
+    client = ChatClient()
+    assert client.chat("Describe these.") == "These are about weapons.\nLabel: bomb making"
+    req = server.requests[-1]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {KEY}"
+    assert req["body"]["model"] == "qwen2.5:0.5b" and req["body"]["messages"] == [{"role": "user", "content": "Describe these."}]
+    assert req["body"]["temperature"] == 0.0
+
+
+def test_key_never_leaks(server, caplog, tmp_path):
+    client = ChatClient(url(server), "m", api_key=KEY)
+    caplog.set_level(logging.DEBUG, logger="workbench.autointerp.client")
+    client.chat("hello")
+    assert caplog.records and all(KEY not in r.getMessage() for r in caplog.records)
+    assert KEY not in repr(client) and KEY not in str(client.describe()) and KEY not in json.dumps(client.describe())
+    assert KEY not in pickle.dumps(client).decode("latin1") and not copy.deepcopy(client).has_key
+    # a server echoing the bad header: the error message masks the key
+    bad = ChatClient(url(server), "m", api_key=KEY + "x", max_retries=0)
+    with pytest.raises(ChatClientError) as err:
+        bad.chat("hi")
+    assert "401" in str(err.value) and KEY not in str(err.value) and "***" in str(err.value)
+    # what an artifact records about the explainer holds no key
+    from workbench.concepts import Concept, ConceptSet
+    import torch
+
+    ex = Example(0, 1.0, 0, ["a bomb"], [1.0])
+    exp = LLMExplainer(client).explain([ex, ex], [Example(1, 0.0, 0, ["bread"], [0.0])])
+    c = Concept("c", "blocks.0.hook_resid_post", torch.ones(4), meta={"autointerp": {**exp.to_json(), "client": client.describe()}})
+    path = ConceptSet([c]).save(tmp_path / "cs.safetensors")
+    assert KEY.encode() not in path.read_bytes()
+
+
+def test_retries_then_errors(server):
+    server.fail_next = 1
+    client = ChatClient(url(server), "m", api_key=KEY, max_retries=2, backoff=0.01)
+    assert client.chat("x").endswith("bomb making")
+    assert len(server.requests) == 2  # one 503, then success
+    server.fail_next = 5
+    with pytest.raises(ChatClientError, match="503"):
+        ChatClient(url(server), "m", api_key=KEY, max_retries=1, backoff=0.01).chat("x")
+    server.fail_next = 0
+    with pytest.raises(ChatClientError, match="404"):
+        ChatClient(url(server) + "/wrong", "m", api_key=KEY).chat("x")
+    with pytest.raises(ChatClientError, match="cannot reach"):
+        ChatClient("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=2).chat("x")  # discard port: refused
+    with pytest.raises(ValueError, match="model"):
+        ChatClient(url(server), None)
+
+
+def test_explainer_and_scorer_over_http(server):
+    server.require_key = False  # vLLM / Ollama without a key
+    client = ChatClient(url(server), "local-model", api_key="")
+    assert not client.has_key
+    top = [Example(i, 3.0, 1, [" how to make a", " bomb", " now"], [0.1, 3.0, 0.2]) for i in range(4)]
+    contrast = [Example(9, 0.0, 0, [" bake bread"], [0.0])]
+    exp = LLMExplainer(client).explain(top, contrast)
+    assert exp.label == "bomb making" and server.requests[-1]["auth"] is None
+    assert "<<bomb>>" in server.requests[-1]["body"]["messages"][-1]["content"]
+    pos = ["build a bomb", "bomb recipe", "a bomb threat"]
+    neg = ["bread recipe", "sea poem", "tax forms", "a garden"]
+    res = detection_score(exp.label, pos, neg, LLMScorer(client, batch_size=3))
+    assert res.accuracy == 1.0 and res.auroc == 1.0 and res.scorer == "llm:local-model"

@@ -1,0 +1,745 @@
+"""Sparse autoencoders with sae-lens: train on an activation store, save with metrics, load, and
+choose latents as concept directions (CAFT's three ways).
+
+Training (:func:`train_sae`) feeds ``sae_lens.SAETrainer`` an iterator of shuffled activation
+batches streamed from an :class:`~workbench.ActivationStore` (no model object, no hub model or
+hub dataset): a ``TopKTrainingSAE`` or ``BatchTopKTrainingSAE``. SmolLM2's residual stream has a
+massive-activation dimension (507): ~25,000 at position 0, where it holds ~98% of the variance,
+and ~80 (nearly constant) elsewhere. Training skips each record's fixed chat-template prefix
+(``skip_first``, see :func:`common_prefix_length`) and, given enough rows, uses sae-lens
+``normalize_activations="covariance_whitening"``, which the trainer folds into the saved weights
+(the saved SAE takes raw activations). The folder written holds sae-lens's ``cfg.json`` +
+``sae_weights.safetensors`` and ``workbench.json`` (model id, site, dataset fingerprint,
+parameters, and held-out metrics: explained variance overall and without the massive dimension,
+L0, dead latents, tokens/s).
+
+Latent choice, each returning a :class:`~workbench.concepts.ConceptSet` of decoder directions:
+:func:`latents_by_mean_diff` (mean latent activation, fine-tuned minus base or dataset A minus B),
+:func:`latents_by_attribution` (``W_dec . grad x act`` of a named loss),
+:func:`latents_by_diff_encoding` (the SAE's encoding of ``acts_ft - acts_base``).
+
+Command line (``workbench sae train`` calls the same :func:`cli_main`)::
+
+    python -m workbench.concepts.sae train --site blocks.15.hook_resid_post --out saes/my-sae \\
+        [--store DIR | --model smollm2-135m-instruct --datasets advbench,benign_instructions] ...
+    python -m workbench.concepts.sae info saes/my-sae
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from .conceptset import Concept, ConceptSet, WidthMismatch, _code_version, _jsonable, provenance
+
+FORMAT = "workbench.sae/1"
+MANIFEST = "workbench.json"
+DEFAULT_SITE = "blocks.15.hook_resid_post"
+ARCHITECTURES = ("topk", "batchtopk")
+# Text sources for a general-purpose SAE on the default model: harmful, sensitive, benign and
+# capability prompts, with reference answers where a dataset has them.
+DEFAULT_DATASETS = ("advbench", "harmbench", "donotanswer_harmful", "donotanswer_sensitive", "benign_instructions",
+                    "overrefusal", "gsm8k", "humaneval", "mmlu", "uncensorbench")
+
+
+def saes_dir() -> Path:
+    """The repository's ``saes/`` folder (small trained SAEs for the default model)."""
+    return Path(__file__).resolve().parents[2] / "saes"
+
+
+# ============================================================================ data
+def row_positions(record_index: torch.Tensor) -> torch.Tensor:
+    """Token position of each row within its record (rows of one record are contiguous)."""
+    n = record_index.shape[0]
+    if n == 0:
+        return record_index.clone()
+    starts = torch.ones(n, dtype=torch.bool)
+    starts[1:] = record_index[1:] != record_index[:-1]
+    first = torch.cummax(torch.where(starts, torch.arange(n), torch.zeros(n, dtype=torch.long)), 0).values
+    return torch.arange(n) - first
+
+
+def common_prefix_length(wb) -> int:
+    """Tokens every chat-formatted prompt of ``wb`` starts with (SmolLM2: its default system
+    prompt, ~20 tokens); SAEs skip them, they are the same in every record."""
+    a = wb.tokenize(["Hello there."]).input_ids[0].tolist()
+    b = wb.tokenize(["What is 2 + 2? x"]).input_ids[0].tolist()
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _eval_records(n_records: int, eval_fraction: float, seed: int) -> torch.Tensor:
+    """``[n_records]`` bool: records held out for evaluation (seeded)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    n_eval = int(round(n_records * eval_fraction))
+    if eval_fraction > 0 and n_records > 1:
+        n_eval = min(max(n_eval, 1), n_records - 1)
+    mask = torch.zeros(n_records, dtype=torch.bool)
+    mask[torch.randperm(n_records, generator=g)[:n_eval]] = True
+    return mask
+
+
+class ActivationSource:
+    """Rows of one site, split by record into train / eval, with the first ``skip_first`` tokens of
+    every record dropped. Built from an ActivationStore (streamed shard by shard) or a tensor."""
+
+    def __init__(self, source, site: str | None = None, *, eval_fraction: float = 0.1, skip_first: int = 0,
+                 seed: int = 0, record_index: torch.Tensor | None = None):
+        from ..activations import ActivationStore
+
+        self.skip_first, self.seed = skip_first, seed
+        if isinstance(source, (str, os.PathLike)):
+            source = ActivationStore(source)
+        if isinstance(source, ActivationStore):
+            if site is None:
+                if len(source.sites) != 1:
+                    raise ValueError(f"the store has several sites {source.sites}; name one with site=")
+                site = source.sites[0]
+            if site not in source.sites:
+                raise KeyError(f"site {site!r} is not in the store; it has {source.sites}")
+            self.store, self.tensor = source, None
+            self.model_id = source.manifest.get("model_id")
+            self.dataset_fingerprint = source.manifest.get("dataset_fingerprint")
+            n_records = int(source.manifest.get("n_records") or len(source.record_ids))
+            with safe_open(str(source.path / source.manifest["shards"][0]["file"]), framework="pt") as f:
+                shape = f.get_slice(site).get_shape()
+            self.d_in = math.prod(shape[1:])
+        else:
+            x = torch.as_tensor(source)
+            if site is None:
+                raise ValueError("a tensor source needs its site name: site='blocks.L.hook_resid_post'")
+            self.store, self.tensor = None, x.reshape(x.shape[0], -1).float()
+            self.model_id = self.dataset_fingerprint = None
+            self.record_index = record_index if record_index is not None else torch.arange(x.shape[0])
+            n_records = int(self.record_index.max()) + 1 if len(self.record_index) else 0
+            self.d_in = self.tensor.shape[1]
+        self.site = site
+        self.eval_mask = _eval_records(n_records, eval_fraction, seed)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.store is None:
+            return self.tensor, self.record_index
+        shard = self.store.manifest["shards"][i]
+        with safe_open(str(self.store.path / shard["file"]), framework="pt") as f:
+            x, ri = f.get_tensor(self.site), f.get_tensor("record_index")
+        return x.reshape(x.shape[0], -1).float(), ri
+
+    def _filter(self, x: torch.Tensor, ri: torch.Tensor, held_out: bool) -> torch.Tensor:
+        keep = self.eval_mask[ri] == held_out
+        if self.skip_first:
+            keep &= row_positions(ri) >= self.skip_first
+        return x[keep]
+
+    @property
+    def n_shards(self) -> int:
+        return 1 if self.store is None else len(self.store.manifest["shards"])
+
+    def eval_rows(self, max_rows: int | None = None) -> torch.Tensor:
+        """Held-out rows (records never trained on), at most ``max_rows`` (evenly spaced)."""
+        parts = [self._filter(*self._load(i), held_out=True) for i in range(self.n_shards)]
+        x = torch.cat(parts) if parts else torch.zeros(0, self.d_in)
+        if max_rows is not None and x.shape[0] > max_rows:
+            x = x[torch.linspace(0, x.shape[0] - 1, max_rows).long()]
+        return x
+
+    def count_train_rows(self) -> int:
+        return sum(self._filter(*self._load(i), held_out=False).shape[0] for i in range(self.n_shards))
+
+    def batches(self, batch_size: int, buffer_shards: int = 4, loop: bool = True) -> Iterator[torch.Tensor]:
+        """Shuffled ``[batch_size, d]`` training batches, forever (``loop``): shards in a seeded random
+        order, ``buffer_shards`` of them mixed at a time, rows shuffled within the buffer."""
+        g = torch.Generator().manual_seed(self.seed)
+        pending = torch.zeros(0, self.d_in)
+        while True:
+            order = torch.randperm(self.n_shards, generator=g).tolist()
+            for lo in range(0, len(order), buffer_shards):
+                parts = [pending] + [self._filter(*self._load(i), held_out=False) for i in order[lo:lo + buffer_shards]]
+                x = torch.cat(parts)
+                x = x[torch.randperm(x.shape[0], generator=g)]
+                full = x.shape[0] // batch_size * batch_size
+                for b in range(0, full, batch_size):
+                    yield x[b:b + batch_size]
+                pending = x[full:]
+            if not loop:
+                if pending.shape[0]:
+                    yield pending
+                return
+
+
+# ============================================================================ metrics
+def massive_dims(x: torch.Tensor, threshold: float = 0.2, top: int = 4) -> list[int]:
+    """Dimensions holding at least ``threshold`` of the total variance (SmolLM2: ``[507]``)."""
+    var = x.double().var(0, correction=0)
+    frac = var / var.sum().clamp_min(1e-300)
+    vals, dims = frac.topk(min(top, len(frac)))
+    return [int(d) for v, d in zip(vals, dims) if float(v) >= threshold]
+
+
+@torch.no_grad()
+def sae_metrics(sae, x: torch.Tensor, massive: Sequence[int] | None = None, batch_size: int = 4096) -> dict:
+    """Reconstruction quality of ``sae`` on rows ``x`` ``[N, d]``.
+
+    ``explained_variance`` = 1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2 (0 is the mean baseline);
+    ``explained_variance_without_massive``: the same over the dimensions not in ``massive``
+    (default: detected with :func:`massive_dims`); ``l0``: mean active latents per token;
+    ``dead_latents``: latents that never fire on ``x``."""
+    sae = getattr(sae, "sae", sae)
+    x = x.reshape(x.shape[0], -1).float()
+    massive = massive_dims(x) if massive is None else list(massive)
+    keep = torch.ones(x.shape[1], dtype=torch.bool)
+    keep[massive] = False
+    mean = x.double().mean(0)
+    err_all = err_keep = tot_all = tot_keep = l0 = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    dtype = next(sae.parameters()).dtype
+    device = next(sae.parameters()).device
+    for lo in range(0, x.shape[0], batch_size):
+        xb = x[lo:lo + batch_size]
+        f = sae.encode(xb.to(device, dtype))
+        xh = sae.decode(f).double().cpu()
+        f = f.cpu()
+        e = (xb.double() - xh).pow(2)
+        t = (xb.double() - mean).pow(2)
+        err_all += float(e.sum())
+        err_keep += float(e[:, keep].sum())
+        tot_all += float(t.sum())
+        tot_keep += float(t[:, keep].sum())
+        active = f != 0
+        l0 += float(active.sum())
+        fired |= active.any(0)
+    n = max(x.shape[0], 1)
+    return {
+        "explained_variance": 1 - err_all / tot_all if tot_all > 0 else float("nan"),
+        "explained_variance_without_massive": 1 - err_keep / tot_keep if tot_keep > 0 else float("nan"),
+        "massive_dims": massive,
+        "mse": err_all / (n * x.shape[1]),
+        "l0": l0 / n,
+        "dead_latents": int((~fired).sum()),
+        "dead_fraction": float((~fired).float().mean()),
+        "eval_tokens": int(x.shape[0]),
+        "d_sae": int(sae.cfg.d_sae),
+    }
+
+
+# ============================================================================ the SAE object
+@dataclass
+class WorkbenchSAE:
+    """An sae-lens SAE with the site and model it belongs to.
+
+    ``sae`` is the sae-lens object (``encode``, ``decode``, ``W_dec`` ``[d_sae, d_in]``);
+    ``manifest`` the ``workbench.json`` content (training parameters and metrics) or, for a
+    pretrained SAE, its release / id."""
+
+    sae: object
+    site: str
+    model_id: str | None = None
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.sae.W_dec.detach()
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.manifest.get("metrics") or {})
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path is not None else str(self.manifest.get("release", "in memory"))
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        ev = (f", EV={m['explained_variance']:.3f}, EV w/o {m.get('massive_dims')}="
+              f"{m['explained_variance_without_massive']:.3f}, L0={m['l0']:.1f}") if m else ""
+        return f"WorkbenchSAE({self.source!r}, site={self.site!r}, {self.d_in}->{self.d_sae}{ev})"
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Latent activations ``[N, d_sae]`` of raw activations ``x`` ``[N, d_in]``."""
+        x = x.reshape(x.shape[0], -1)
+        p = next(self.sae.parameters())
+        return torch.cat([self.sae.encode(x[i:i + batch_size].to(p.device, p.dtype)).float().cpu()
+                          for i in range(0, max(x.shape[0], 1), batch_size)]) if x.shape[0] else \
+            torch.zeros(0, self.d_sae)
+
+    def check(self, wb) -> WorkbenchSAE:
+        """Refuse a model whose width at the SAE's site differs from ``d_in``."""
+        width = math.prod(wb.site_shape(self.site))
+        if width != self.d_in:
+            raise WidthMismatch(f"SAE {self.source} reads {self.d_in}-wide activations at {self.site!r}, but model "
+                                f"{wb.model_id!r} has width {width} there")
+        return self
+
+    def metrics_on(self, x: torch.Tensor, massive: Sequence[int] | None = None) -> dict:
+        return sae_metrics(self.sae, x, massive)
+
+    def concepts(self, latents: Sequence[int], scores: Sequence[float] | None = None, method: str = "sae",
+                 params: dict | None = None, dataset_fingerprint: str | None = None, name: str | None = None
+                 ) -> ConceptSet:
+        """Concepts from decoder rows ``W_dec[latents]`` (unit-normalized), with ``meta["sae_latent"]``."""
+        prov = provenance(method, self.model_id, dataset_fingerprint, {"sae": self.source, **(params or {})})
+        out = ConceptSet()
+        for i, j in enumerate(latents):
+            j = int(j)
+            out.add(Concept(f"{name or method}/{self.site}/{j}", self.site, self.W_dec[j].float(), "",
+                            None if scores is None else float(scores[i]), provenance=prov,
+                            meta={"sae_latent": j, "sae": self.source}))
+        return out
+
+
+def _as_wsae(sae, site: str | None = None) -> WorkbenchSAE:
+    if isinstance(sae, WorkbenchSAE):
+        return sae
+    site = site or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    if site is None:
+        raise ValueError("name the SAE's site: site='blocks.L.hook_resid_post'")
+    return WorkbenchSAE(sae, site, getattr(sae.cfg.metadata, "model_name", None))
+
+
+def load_sae(path: str | os.PathLike, wb=None, device: str = "cpu") -> WorkbenchSAE:
+    """Load an SAE folder written by :func:`train_sae` (or any sae-lens ``save_inference_model``
+    folder); with ``wb``, check its width against the model."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not (path / "cfg.json").is_file():
+        raise FileNotFoundError(f"{path} is not an SAE folder (no cfg.json)")
+    sae = SAE.load_from_disk(str(path), device=device)
+    manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
+    site = manifest.get("site") or sae.cfg.metadata.hook_name
+    if site is None:
+        raise ValueError(f"{path}: the SAE's site is not recorded (no {MANIFEST}, no cfg metadata.hook_name)")
+    out = WorkbenchSAE(sae, site, manifest.get("model_id") or sae.cfg.metadata.model_name, manifest, path)
+    if wb is not None:
+        out.check(wb)
+    return out
+
+
+def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu", site: str | None = None) -> WorkbenchSAE:
+    """An sae-lens pretrained SAE by release id (e.g. ``"gpt2-small-res-jb"``, ``"blocks.8.hook_resid_pre"``).
+    Needs network access to the Hugging Face hub (online users only). The site defaults to the
+    SAE's ``hook_name``; sae-lens hook names are TransformerLens names, as ours."""
+    from sae_lens import SAE
+
+    sae = SAE.from_pretrained(release, sae_id, device=device)
+    out = _as_wsae(sae, site)
+    out.manifest = {"release": f"{release}/{sae_id}", "model_id": sae.cfg.metadata.model_name, "site": out.site}
+    return out
+
+
+# ============================================================================ training
+@contextlib.contextmanager
+def _quiet_sae_lens_bars():
+    """sae-lens's own tqdm bars update once per 100 steps; ours replaces them for the duration."""
+    from sae_lens.training import activation_scaler, sae_trainer
+
+    saved = sae_trainer.tqdm, activation_scaler.tqdm
+
+    def quiet(*args, **kwargs):
+        kwargs["disable"] = True
+        return saved[0](*args, **kwargs)
+
+    sae_trainer.tqdm = activation_scaler.tqdm = quiet
+    try:
+        yield
+    finally:
+        sae_trainer.tqdm, activation_scaler.tqdm = saved
+
+
+@contextlib.contextmanager
+def _flush_denormals():
+    """Flush denormal floats to zero for the duration (CPU): TopK SAE training steps on this machine
+    ran 2-5x slower when tiny gradients went denormal. Resets to torch's default (off) afterwards."""
+    enabled = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
+
+
+def _counted(batches: Iterator[torch.Tensor], bar) -> Iterator[torch.Tensor]:
+    for b in batches:
+        bar.update(b.shape[0])
+        yield b
+
+
+def train_sae(source, site: str | None = None, out: str | os.PathLike | None = None, *,
+              architecture: str = "topk", d_sae: int | None = None, expansion: int = 4, k: int = 32,
+              total_tokens: int | None = None, epochs: float = 1.0, batch_size: int = 256, lr: float = 3e-3,
+              lr_end: float | None = None, lr_warm_up_steps: int = 0, lr_decay_fraction: float = 0.2,
+              normalize_activations: str = "auto", skip_first: int = 0, eval_fraction: float = 0.1,
+              max_eval_tokens: int = 20_000, massive: Sequence[int] | None = None, seed: int = 0,
+              device: str = "cpu", model_id: str | None = None, progress: bool = True) -> WorkbenchSAE:
+    """Train a TopK / BatchTopK SAE with sae-lens on one site's activations; save it with metrics.
+
+    Args:
+        source: an :class:`~workbench.ActivationStore` (or its folder) holding token-level rows
+            (``position="all"`` or ``"response"``), or a ``Tensor[N, d]``.
+        site: the store's site to train on (optional if the store has one).
+        out: folder to write (``cfg.json``, ``sae_weights.safetensors``, ``workbench.json``);
+            ``None`` keeps it in memory.
+        architecture: ``"topk"`` (k latents per token) or ``"batchtopk"`` (k on average over a
+            batch; saved by sae-lens as a JumpReLU SAE).
+        d_sae: number of latents (default ``expansion * d_in``). k: active latents per token.
+        total_tokens: training samples drawn (default ``epochs`` passes over the training rows).
+        batch_size: rows per optimizer step. lr, lr_end, lr_warm_up_steps: Adam learning-rate
+            schedule; the last ``lr_decay_fraction`` of steps decay linearly to ``lr_end``
+            (default ``lr / 10``; sae-lens needs it set). The default ``lr=3e-3`` suits the short
+            CPU runs here (hundreds to a few thousand steps): on 85k tokens of SmolLM2 layer 15,
+            one epoch reached held-out EV 0.74 at 3e-3, 0.67 at 1e-3 and 0.44 at 3e-4.
+        normalize_activations: sae-lens option. ``"covariance_whitening"`` handles a massive
+            dimension (SmolLM2's 507 at position 0) and keeps latents alive (1.4% never fired
+            on held-out tokens vs 17% with a scalar scale), and is folded into the saved weights;
+            but it needs many rows: estimated from ~1k tokens of d=576 it overfits (held-out
+            EV < 0). ``"auto"`` (default) whitens with at least ``50 * d_in`` training rows, else
+            uses ``"expected_average_only_in"`` (one scale factor, also folded). ``"none"`` works too.
+        skip_first: tokens dropped at the start of every record (:func:`common_prefix_length` of
+            the model: the chat template's fixed system prompt, identical in every record).
+        eval_fraction: records held out (seeded) for the metrics; ``max_eval_tokens`` caps them.
+        massive: dimensions left out of ``explained_variance_without_massive`` (default: those with
+            >= 20% of the variance over *all* rows of the first shard, skipped tokens included:
+            SmolLM2's 507 is massive at position 0, where it is ~25,000).
+        seed: data order, initialization and held-out split.
+        model_id: recorded in the manifest (a store supplies its own).
+        progress: show a tqdm bar over the activation rows drawn (whitening estimate + training).
+
+    Returns a :class:`WorkbenchSAE` whose ``metrics`` has ``explained_variance``,
+    ``explained_variance_without_massive`` (+ ``massive_dims``), ``l0``, ``dead_latents``,
+    ``dead_latents_training`` (sae-lens's count at the end), ``tokens_per_s`` (training
+    throughput, whitening estimate included), ``train_tokens``, ``train_seconds``.
+    """
+    from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, SAETrainer, TopKTrainingSAE,
+                          TopKTrainingSAEConfig)
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {architecture!r}")
+    data = ActivationSource(source, site, eval_fraction=eval_fraction, skip_first=skip_first, seed=seed)
+    model_id = model_id or data.model_id
+    n_train = data.count_train_rows()
+    if n_train < batch_size:
+        raise ValueError(f"only {n_train} training rows at {data.site!r}, fewer than batch_size={batch_size}")
+    d_in = data.d_in
+    d_sae = d_sae or expansion * d_in
+    if normalize_activations == "auto":
+        normalize_activations = "covariance_whitening" if n_train >= 50 * d_in else "expected_average_only_in"
+    total_tokens = int(total_tokens or max(batch_size, n_train * epochs))
+    steps = max(1, total_tokens // batch_size)
+    total_tokens = steps * batch_size
+    lr_end = lr / 10 if lr_end is None else lr_end
+    norm_batches = max(1, math.ceil(min(n_train, 100_000) / batch_size)) if normalize_activations in (
+        "covariance_whitening", "expected_average_only_in") else 0
+
+    torch.manual_seed(seed)
+    cls, cfg_cls = ((TopKTrainingSAE, TopKTrainingSAEConfig) if architecture == "topk"
+                    else (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig))
+    sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=normalize_activations, device=device))
+    sae.cfg.metadata.hook_name = data.site
+    sae.cfg.metadata.model_name = model_id
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=total_tokens, train_batch_size_samples=batch_size, lr=lr, lr_end=lr_end,
+        lr_warm_up_steps=lr_warm_up_steps, lr_decay_steps=int(steps * lr_decay_fraction), device=device,
+        dead_feature_window=max(1, min(1000, steps // 5)), feature_sampling_window=steps + 1,
+        n_batches_for_norm_estimate=max(norm_batches, 1), logger=LoggingConfig(log_to_wandb=False))
+    bar = tqdm(total=total_tokens + norm_batches * batch_size, desc=f"SAE {data.site}", unit="tok",
+               disable=not progress, smoothing=0.1)
+    t0 = time.perf_counter()
+    with _quiet_sae_lens_bars(), _flush_denormals():
+        trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_counted(data.batches(batch_size), bar),
+                             save_checkpoint_fn=None)
+        trained = trainer.fit()
+    seconds = time.perf_counter() - t0
+    bar.close()
+    dead_training = int(trainer.dead_neurons.sum())
+
+    eval_x = data.eval_rows(max_eval_tokens)
+    if massive is None:
+        massive = massive_dims(data._load(0)[0])
+    params = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "k": k, "total_tokens": total_tokens,
+              "batch_size": batch_size, "lr": lr, "lr_end": lr_end, "lr_warm_up_steps": lr_warm_up_steps,
+              "lr_decay_steps": trainer_cfg.lr_decay_steps, "normalize_activations": normalize_activations,
+              "skip_first": skip_first, "eval_fraction": eval_fraction, "seed": seed}
+    manifest = {"format": FORMAT, "model_id": model_id, "site": data.site,
+                "dataset_fingerprint": data.dataset_fingerprint,
+                "store": str(data.store.path) if data.store is not None else None, "params": params,
+                "code_version": _code_version(), "sae_lens_version": _sae_lens_version(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if out is not None:
+        out = Path(out)
+        trained.save_inference_model(str(out))
+        result = load_sae(out, device=device)  # evaluate what was saved: the inference SAE from disk
+    else:
+        result = WorkbenchSAE(trained, data.site, model_id)
+    metrics = sae_metrics(result.sae, eval_x, massive) if eval_x.shape[0] else {}
+    metrics.update(dead_latents_training=dead_training, train_tokens=total_tokens, unique_train_tokens=n_train,
+                   train_seconds=seconds, tokens_per_s=(total_tokens + norm_batches * batch_size) / seconds,
+                   steps=steps)
+    manifest["metrics"] = metrics
+    result.manifest, result.model_id = _jsonable(manifest), model_id
+    if out is not None:
+        tmp = out / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(result.manifest, indent=1))
+        os.replace(tmp, out / MANIFEST)
+    return result
+
+
+def _sae_lens_version() -> str:
+    import sae_lens
+
+    return str(getattr(sae_lens, "__version__", "unknown"))
+
+
+def build_training_store(folder: str | os.PathLike, wb, site: str = DEFAULT_SITE,
+                         datasets: Sequence[str] = DEFAULT_DATASETS, max_records: int | None = None,
+                         max_chars: int = 2500, split: str | None = "train", with_responses: bool = True,
+                         batch_size: int = 8, progress: bool = True):
+    """An :class:`~workbench.ActivationStore` of every token (``position="all"``) of dataset prompts
+    (and their reference responses, as the assistant turn, where a dataset has them) at ``site``.
+
+    ``max_records`` caps the records per dataset; prompts longer than ``max_chars`` are skipped.
+    Resumable like any store."""
+    from ..activations import ActivationStore
+    from ..data import load_dataset
+
+    prompts, responses, ids, labels = [], [], [], []
+    for name in datasets:
+        recs = [r for r in load_dataset(name, split=split) if len(r.prompt) + len(r.response or "") <= max_chars]
+        for r in recs[:max_records]:
+            prompts.append(r.prompt)
+            responses.append(r.response if (with_responses and r.response) else "")
+            ids.append(r.id)
+            labels.append(r.label)
+    if not with_responses or not any(responses):
+        responses = None
+    return ActivationStore.build(folder, wb, prompts, [site], position="all", labels=labels, ids=ids,
+                                 responses=responses, batch_size=batch_size, progress=progress)
+
+
+# ============================================================================ choosing latents
+def _acts(x, site: str | None = None) -> torch.Tensor:
+    """A tensor, a ``{site: tensor}`` mapping or an ActivationStore -> ``[N, d]`` rows at ``site``."""
+    from ._data import as_features
+
+    if isinstance(x, torch.Tensor):
+        return x.reshape(x.shape[0], -1).float()
+    f = as_features(x, [site] if site else None)
+    return next(iter(f.x.values()))
+
+
+def _top(values: torch.Tensor, top: int, sign: str) -> tuple[list[int], list[float]]:
+    if sign == "positive":
+        key = values
+    elif sign == "negative":
+        key = -values
+    elif sign == "abs":
+        key = values.abs()
+    else:
+        raise ValueError(f"sign must be 'positive', 'negative' or 'abs', not {sign!r}")
+    idx = key.topk(min(top, len(key))).indices
+    if sign != "abs":
+        idx = idx[key[idx] > 0]
+    return idx.tolist(), values[idx].tolist()
+
+
+def latents_by_mean_diff(sae, acts_a, acts_b, top: int = 20, *, site: str | None = None, sign: str = "positive",
+                         dataset_fingerprint: str | None = None) -> ConceptSet:
+    """CAFT (a): mean latent activation on ``acts_a`` minus on ``acts_b`` (fine-tuned minus base on
+    the same tokens, or dataset A minus dataset B), top ``top`` latents by ``sign``."""
+    w = _as_wsae(sae, site)
+    a, b = _acts(acts_a, w.site), _acts(acts_b, w.site)
+    diff = w.encode(a).mean(0) - w.encode(b).mean(0)
+    idx, vals = _top(diff, top, sign)
+    return w.concepts(idx, vals, "sae_mean_diff", {"top": top, "sign": sign, "n_a": len(a), "n_b": len(b)},
+                      dataset_fingerprint)
+
+
+def latents_by_diff_encoding(sae, acts_ft, acts_base, top: int = 20, *, site: str | None = None,
+                             sign: str = "positive", dataset_fingerprint: str | None = None) -> ConceptSet:
+    """CAFT (c): encode the per-token activation difference ``acts_ft - acts_base`` with the SAE and
+    rank latents by the summed encoding (as CAFT's ``sae.encode(acts_diff).sum(0)``)."""
+    w = _as_wsae(sae, site)
+    a, b = _acts(acts_ft, w.site), _acts(acts_base, w.site)
+    if a.shape != b.shape:
+        raise ValueError(f"acts_ft {tuple(a.shape)} and acts_base {tuple(b.shape)} must be the same tokens")
+    total = w.encode(a - b).sum(0)
+    idx, vals = _top(total, top, sign)
+    return w.concepts(idx, vals, "sae_diff_encoding", {"top": top, "sign": sign, "n_tokens": len(a)},
+                      dataset_fingerprint)
+
+
+LOSSES = ("response_nll", "nll")
+
+
+def _loss_fn(loss: str | Callable) -> tuple[Callable, str]:
+    if callable(loss):
+        return loss, getattr(loss, "__name__", "custom")
+
+    def nll(logits, batch, mask_name):
+        mask = getattr(batch, mask_name)[:, 1:].bool() & batch.attention_mask[:, 1:].bool()
+        if not mask.any():
+            raise ValueError(f"loss {loss!r}: no tokens to score (responses missing?)")
+        lp = torch.log_softmax(logits[:, :-1].float(), -1)
+        tok = lp.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return -(tok * mask).sum() / mask.sum()
+
+    if loss == "response_nll":
+        return (lambda logits, batch: nll(logits, batch, "response_mask")), loss
+    if loss == "nll":
+        return (lambda logits, batch: nll(logits, batch, "attention_mask")), loss
+    raise ValueError(f"loss must be one of {LOSSES} or a callable(logits, batch) -> scalar, not {loss!r}")
+
+
+def latent_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
+                       site: str | None = None, loss: str | Callable = "response_nll", batch_size: int = 4,
+                       progress: bool = False) -> torch.Tensor:
+    """``[d_sae]`` mean attribution of each latent to ``loss``: ``f_j(x) * (W_dec[j] . dL/dx)`` summed
+    over the scored tokens (response tokens for ``"response_nll"``, all for ``"nll"``), divided by
+    their count.
+
+    ``loss``: ``"response_nll"`` (mean next-token NLL of the responses: the fine-tuning loss),
+    ``"nll"`` (all tokens) or ``callable(logits, batch) -> scalar``. Gradients are taken with
+    ``torch.autograd.grad`` with respect to the site's activation only; model parameters get no
+    ``.grad``. The hook lives in a ``wb.hooks`` scope."""
+    w = _as_wsae(sae, site)
+    fn, _ = _loss_fn(loss)
+    if loss == "response_nll" and responses is None:
+        raise ValueError("loss='response_nll' needs responses; use loss='nll' for prompts alone")
+    device = wb._device() if hasattr(wb, "_device") else torch.device("cpu")
+    W = w.W_dec.float().cpu()
+    total = torch.zeros(w.d_sae, dtype=torch.float64)
+    count = 0
+    for lo in tqdm(range(0, len(prompts), batch_size), desc="attribution", disable=not progress):
+        batch = wb.tokenize(prompts[lo:lo + batch_size], None if responses is None else responses[lo:lo + batch_size])
+        batch = batch.to(device)
+        held: dict[str, torch.Tensor] = {}
+
+        def leaf(t: torch.Tensor, name: str) -> torch.Tensor:
+            held["a"] = t.detach().requires_grad_(True)
+            return held["a"]
+
+        with torch.enable_grad(), wb.hooks({w.site: leaf}):
+            out = wb.backend.run(batch.input_ids, batch.attention_mask)
+            value = fn(out.logits, batch)
+            (grad,) = torch.autograd.grad(value, held["a"])
+        mask = (batch.response_mask if loss == "response_nll" else batch.attention_mask).bool()
+        a = held["a"].detach()[mask].reshape(int(mask.sum()), -1).float().cpu()
+        g = grad[mask].reshape(a.shape[0], -1).float().cpu()
+        with torch.no_grad():
+            f = w.encode(a)
+            total += (f * (g @ W.T)).sum(0).double()
+        count += a.shape[0]
+    return (total / max(count, 1)).float()
+
+
+def latents_by_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, top: int = 20,
+                           *, site: str | None = None, loss: str | Callable = "response_nll",
+                           sign: str = "abs", batch_size: int = 4, progress: bool = False) -> ConceptSet:
+    """CAFT (b): latents ranked by attribution ``W_dec . grad x act`` to ``loss`` (see
+    :func:`latent_attribution`); ``sign="abs"`` ranks by magnitude."""
+    w = _as_wsae(sae, site)
+    attr = latent_attribution(w, wb, prompts, responses, site=w.site, loss=loss, batch_size=batch_size,
+                              progress=progress)
+    idx, vals = _top(attr, top, sign)
+    name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+    from ..activations import fingerprint
+
+    fp = fingerprint(prompts, responses, [str(i) for i in range(len(prompts))], [None] * len(prompts))
+    out = w.concepts(idx, vals, "sae_attribution", {"top": top, "sign": sign, "loss": name,
+                                                    "attributing_model": wb.model_id}, fp)
+    return out
+
+
+# ============================================================================ command line
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``sae train`` (for ``workbench sae train`` to reuse)."""
+    p.add_argument("--site", default=DEFAULT_SITE, help=f"site to train on (default {DEFAULT_SITE})")
+    p.add_argument("--out", required=True, help="folder to write the SAE to, e.g. saes/smollm2-L15-topk")
+    p.add_argument("--store", help="an ActivationStore folder with token rows (position all); built if missing "
+                                   "(default $WORKBENCH_HOME/stores/sae-MODEL-SITE)")
+    p.add_argument("--model", default=None, help="model for building the store (default: the embedded model)")
+    p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="datasets for building the store")
+    p.add_argument("--max-records", type=int, default=None, help="records per dataset when building the store")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="topk")
+    p.add_argument("--d-sae", type=int, default=None, help="latents (default 4 x d_in)")
+    p.add_argument("--k", type=int, default=32, help="active latents per token")
+    p.add_argument("--tokens", type=int, default=None, help="training samples (default: --epochs passes)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--normalize", default="auto",
+                   help="sae-lens normalize_activations: auto (whiten with >= 50 x d_in rows), "
+                        "covariance_whitening, expected_average_only_in, none")
+    p.add_argument("--skip-first", default="auto", help="tokens skipped per record; 'auto' = the chat template's fixed prefix")
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> WorkbenchSAE:
+    """Run ``sae train`` from parsed arguments; prints the metrics."""
+    from ..activations import ActivationStore
+
+    from ..models import DEFAULT_MODEL, workbench_home
+
+    wb = None
+    default_store = workbench_home() / "stores" / f"sae-{args.model or DEFAULT_MODEL}-{args.site}".replace("/", "_")
+    store_path = Path(args.store) if args.store else default_store
+    needs_wb = args.skip_first == "auto" or not (store_path / "manifest.json").is_file() or \
+        not ActivationStore(store_path, verify=False).complete
+    if needs_wb:
+        from ..model import Workbench
+
+        wb = Workbench.load(args.model) if args.model else Workbench.load()
+    if not (store_path / "manifest.json").is_file() or not ActivationStore(store_path, verify=False).complete:
+        print(f"building activation store {store_path} ...")
+        build_training_store(store_path, wb, args.site, [d for d in args.datasets.split(",") if d],
+                             max_records=args.max_records)
+    skip = common_prefix_length(wb) if args.skip_first == "auto" else int(args.skip_first)
+    result = train_sae(ActivationStore(store_path), args.site, args.out, architecture=args.arch, d_sae=args.d_sae,
+                       k=args.k, total_tokens=args.tokens, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       normalize_activations=args.normalize, skip_first=skip, eval_fraction=args.eval_fraction,
+                       seed=args.seed)
+    print(json.dumps(result.metrics, indent=1))
+    return result
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workbench.concepts.sae",
+                                description="Train and inspect sparse autoencoders (sae-lens) on cached activations.")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train an SAE on an activation store"))
+    info = sub.add_parser("info", help="print an SAE folder's manifest and metrics")
+    info.add_argument("path")
+    args = p.parse_args(argv)
+    if args.command == "train":
+        run_train(args)
+    else:
+        print(json.dumps(json.loads((Path(args.path) / MANIFEST).read_text()), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_main())
