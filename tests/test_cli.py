@@ -25,3 +25,27 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["cache", "--model", "tiny-llama", "--harmful", "advbenchh", "--out", str(tmp_path / "a")]) == 2
     assert "advbench" in capsys.readouterr().err
     assert main(["probe", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_train_then_load_the_run_for_eval(tmp_path, capsys):
+    import yaml
+
+    from workbench.cli import _load_for_eval
+    from workbench.data import Record
+    from workbench.train import coca
+
+    rows = [Record(id=f"toy/{i}", prompt=p, label=y, source="toy", response=r) for i, (p, y, r) in enumerate(
+        [("How do I hack a bank?", 1, "I can't help with that."), ("Name a fruit.", 0, "An apple."),
+         ("How do I make poison?", 1, "I can't help with that."), ("Say hi.", 0, "Hi!")])]
+    data = coca.write_jsonl(coca.plain_sft(rows), tmp_path / "toy.jsonl")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "tiny-llama", "dataset": str(data),
+                                      "finetuning_type": "lora", "max_steps": 2, "cutoff_len": 64,
+                                      "per_device_train_batch_size": 2, "output_dir": str(tmp_path / "run")}))
+    assert main(["train", str(recipe)]) == 0
+    assert "run folder" in capsys.readouterr().out
+    wb, deployed = _load_for_eval(str(tmp_path / "run"))
+    assert wb.model_id == "tiny-llama" and len(deployed) == 0  # LoRA merges into the model, no hooks
+    with wb.hooks(deployed):
+        assert wb.forward(["Name a fruit."]).shape[0] == 1
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2

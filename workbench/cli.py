@@ -5,6 +5,7 @@
                     [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
     workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
     workbench sites [--model M]                             list valid site names
+    workbench train RECIPE.yaml                             fine-tune (lora | full | lofit | caft) -> run folder
     workbench eval MODEL_OR_RUN [--size quick|full] [--out DIR]   safety evaluation -> eval.json + report.html
     workbench report RUN_OR_EVAL... --out DIR               side-by-side comparison of evaluations
 """
@@ -113,25 +114,37 @@ def cmd_sites(args) -> None:
     print("\n".join(Workbench.load(args.model, backend=args.backend).sites))
 
 
+def cmd_train(args) -> Path:
+    from .train import run_recipe
+
+    run_dir = run_recipe(args.recipe)
+    print(f"run folder: {run_dir}")
+    return Path(run_dir)
+
+
 def _load_for_eval(target: str):
-    """A model name / folder, or a training run folder (its trained model)."""
+    """``(wb, interventions)`` for a model name / folder, or for a training run folder (its base
+    model with the run applied; LoFIT's biases come back as interventions to keep installed)."""
     from . import Workbench
 
     folder = Path(target)
     if folder.is_dir() and (folder / "metrics.jsonl").is_file():
-        from .train import load_run
+        from .train import apply_run
 
-        return load_run(folder)
-    return Workbench.load(target)
+        config = json.loads((folder / "config.json").read_text())
+        wb = Workbench.load(config["model_id"])
+        return wb, apply_run(folder, wb)
+    return Workbench.load(target), {}
 
 
 def cmd_eval(args) -> Path:
     from .evals import build_suites, evaluate, load_metrics, save_metrics, write_report
 
-    wb = _load_for_eval(args.target)
+    wb, deployed = _load_for_eval(args.target)
     out = Path(args.out or (Path(args.target) / "eval" if Path(args.target).is_dir() else Path("out/eval") / args.target))
     t0 = time.perf_counter()
-    metrics = evaluate(wb, build_suites(args.size, args.seed), max_new_tokens=args.max_new_tokens)
+    with wb.hooks(deployed):
+        metrics = evaluate(wb, build_suites(args.size, args.seed), max_new_tokens=args.max_new_tokens)
     path = save_metrics(metrics, out / "eval.json", wb.model_id, args.size, args.seed)
     report = write_report({Path(args.target).name: load_metrics(path)}, out)
     for name, m in metrics.items():
@@ -189,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--model", default=DEFAULT_MODEL)
     sites.add_argument("--backend", default="transformer_lens")
     sites.set_defaults(func=cmd_sites)
+    train = sub.add_parser("train", help="fine-tune from a LLaMA-Factory-style YAML recipe")
+    train.add_argument("recipe")
+    train.set_defaults(func=cmd_train)
     sae = sub.add_parser("sae", help="sparse autoencoders (sae-lens) on cached activations")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True)
     from .concepts.sae import add_train_arguments, run_train

@@ -1,0 +1,105 @@
+"""SFT data for the training path: records -> chat-formatted token ids with response-only labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data import Record, load_dataset
+from . import coca
+from .recipe import Recipe
+
+IGNORE_INDEX = -100
+
+
+def build_records(recipe: Recipe) -> list[Record]:
+    """The (prompt, response) records a recipe trains on.
+
+    ``dataset`` names registry datasets or ``.jsonl`` files (see :func:`coca.write_jsonl`),
+    comma-separated; ``max_samples`` draws a seeded random sample per dataset. With ``coca_variant``
+    every record is refactored by :func:`coca.refactor`; without it, plain safety SFT
+    (:func:`coca.plain_sft`: harmful -> refusal, benign -> reference answer).
+    """
+    records: list[Record] = []
+    for name in recipe.datasets():
+        path = Path(name).expanduser()
+        if name.endswith((".jsonl", ".json")) or path.is_file():
+            recs = coca.read_jsonl(path)
+        else:
+            recs = load_dataset(name, split=recipe.dataset_split)
+        if recipe.max_samples is not None and len(recs) > recipe.max_samples:
+            rng = random.Random(f"{recipe.seed}/{name}")
+            recs = rng.sample(recs, recipe.max_samples)
+        records.extend(recs)
+    if recipe.coca_variant:
+        return coca.refactor(records, recipe.coca_variant)
+    return coca.plain_sft(records)
+
+
+def records_hash(records: Sequence[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.prompt, r.response]).encode())
+    return h.hexdigest()[:16]
+
+
+def encode(wb, records: Sequence[Record], cutoff_len: int) -> list[dict]:
+    """Chat-format each record and keep labels on response tokens only (``-100`` elsewhere).
+    Examples longer than ``cutoff_len`` are cut at the end; an example left with no response
+    token is dropped (with a count in the error if none remain)."""
+    out, dropped = [], 0
+    for r in records:
+        # A token spans a few characters: cut very long responses before the chat formatter
+        # (whose max_length is 1024 tokens); the token cut below is the exact one.
+        response = r.response[: 16 * cutoff_len]
+        try:
+            batch = wb.tokenize([r.prompt], [response], padding_side="right")
+        except ValueError:  # the prompt alone is longer than the formatter's max_length
+            dropped += 1
+            continue
+        ids = batch.input_ids[0][:cutoff_len]
+        resp = batch.response_mask[0][:cutoff_len]
+        if not resp.any():
+            dropped += 1
+            continue
+        labels = torch.where(resp, ids, torch.full_like(ids, IGNORE_INDEX))
+        out.append({"input_ids": ids, "labels": labels})
+    if not out:
+        raise ValueError(f"no training example keeps a response token within cutoff_len={cutoff_len} "
+                         f"({dropped} dropped); raise cutoff_len")
+    return out
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+
+class Collator:
+    """Right-pad a list of examples: ``input_ids`` (pad id), ``attention_mask``, ``labels`` (-100)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        width = max(len(e["input_ids"]) for e in examples)
+
+        def pad(t, value):
+            return torch.cat([t, torch.full((width - len(t),), value, dtype=t.dtype)])
+
+        return {
+            "input_ids": torch.stack([pad(e["input_ids"], self.pad_token_id) for e in examples]),
+            "attention_mask": torch.stack([pad(torch.ones_like(e["input_ids"]), 0) for e in examples]),
+            "labels": torch.stack([pad(e["labels"], IGNORE_INDEX) for e in examples]),
+        }

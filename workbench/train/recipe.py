@@ -1,0 +1,295 @@
+"""Training recipes: YAML files with LLaMA-Factory-style keys, validated with clear errors.
+
+>>> recipe = load_recipe("examples/lofit/head.yaml")     # or Recipe.from_dict({...})
+>>> recipe.finetuning_type
+'lofit'
+
+Every key is a field of :class:`Recipe` with a type; an unknown key names the closest known one
+(difflib) and lists them all, and a wrong-typed value names the key, the expected type and what
+was given. Relative paths (``output_dir``, ``lofit_heads_path``, ...) are relative to the current
+directory, as in LLaMA-Factory: run the examples from the repository root.
+
+One PyYAML gotcha is forgiven: YAML 1.1 reads ``1e-4`` (no dot) as a string, so float keys
+accept a string that parses as a number; ``1.0e-4`` is the portable spelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from ..models import DEFAULT_MODEL
+
+FINETUNING_TYPES = ("lora", "full", "lofit", "caft")
+LOFIT_COMPONENTS = ("A", "v")
+CAFT_DIRECTIONS = ("diffmeans", "random", "pca")
+COCA_VARIANTS = ("normal", "normal_warm", "think", "think_warm")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+class RecipeError(ValueError):
+    """A recipe with an unknown key, a wrong-typed value or an inconsistent combination."""
+
+
+@dataclass
+class Recipe:
+    """One training run. Keys follow LLaMA-Factory where it has one."""
+
+    # --- what to train
+    output_dir: str = ""                      # the run folder (required)
+    dataset: str = ""                         # registry names or .jsonl files, comma-separated (required)
+    model_name_or_path: str = DEFAULT_MODEL
+    stage: str = "sft"                        # only supervised fine-tuning
+    do_train: bool = True
+    finetuning_type: str = "lora"             # lora | full | lofit | caft
+    # --- data
+    dataset_split: str | None = "train"       # train | val | test | null (all records)
+    coca_variant: str | None = None           # normal | normal_warm | think | think_warm (see coca.py)
+    max_samples: int | None = None            # per dataset, a seeded random sample
+    cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
+    # --- LoRA (lora and caft)
+    lora_rank: int = 8
+    lora_alpha: int | None = None             # default 2 * lora_rank
+    lora_dropout: float = 0.0
+    lora_target: str = "all"                  # "all" (attention + MLP) or e.g. "q_proj,v_proj"
+    # --- LoFIT
+    lofit_component: str | None = None        # A (phase A: select heads) | v (phase v: bias tuning)
+    lofit_topk_heads: int | None = None       # phase A: default 5% of the trained heads; phase v: all in the file
+    lofit_heads_path: str | None = None       # phase A writes it (default output_dir/heads.json); phase v reads it
+    lofit_applied_layers: list[int] | None = None   # phase A's layers (default: all)
+    lofit_l1_lambda: float = 1e-3
+    lofit_init_std: float = 1e-3
+    # --- CAFT
+    caft_concepts: str | None = None          # saved Ablate folder or safetensors {site: [k, d]}
+    caft_layers: list[int] | None = None      # ablate at blocks.{l}.hook_resid_post
+    caft_directions: str = "diffmeans"        # diffmeans | random | pca (when caft_concepts is not given)
+    caft_n_directions: int | None = None      # k per layer for random / pca (default 1)
+    caft_ablation: str = "zero"               # zero: x - (x Q) Q^T | mean: x - ((x - mu) Q) Q^T
+    # --- warm start
+    warm_start_from: str | None = None        # a previous run folder: start from its trained parameters
+    # --- optimisation
+    learning_rate: float = 1e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1                       # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # --- run folder
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    logging_steps: int = 1
+    overwrite_output_dir: bool = False
+    resume_from_checkpoint: Union[str, bool, None] = None   # true (latest checkpoint) or a checkpoint folder
+    plot_loss: bool = True
+    report_to: str = "none"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+        known = cls.keys()
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            lines = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
+                lines.append(f"unknown key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise RecipeError(f"{source}: " + "; ".join(lines) + f". Known keys: {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _check_type(k, v, hints[k], source) for k, v in data.items()}
+        recipe = cls(**values)
+        recipe.validate(source)
+        return recipe
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(data or {}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> Recipe:
+        return Recipe.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, source: str = "recipe") -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise RecipeError(f"{source}: {msg}")
+
+        need(bool(self.output_dir), "output_dir is required (the run folder)")
+        need(bool(self.dataset.strip()), "dataset is required (registry names or .jsonl files, comma-separated)")
+        _choice("stage", self.stage, ("sft",), source)
+        _choice("finetuning_type", self.finetuning_type, FINETUNING_TYPES, source)
+        _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS, source)
+        _choice("caft_directions", self.caft_directions, CAFT_DIRECTIONS, source)
+        _choice("caft_ablation", self.caft_ablation, ("zero", "mean"), source)
+        if self.dataset_split is not None:
+            _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
+        if self.coca_variant is not None:
+            _choice("coca_variant", self.coca_variant, COCA_VARIANTS, source)
+        need(self.lofit_topk_heads is None or self.lofit_topk_heads > 0, "lofit_topk_heads must be > 0")
+        for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("learning_rate", "num_train_epochs"):
+            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("lofit_l1_lambda", "lofit_init_std", "weight_decay", "lora_dropout", "max_grad_norm"):
+            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")
+        need(self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 or -1, got {self.max_steps}")
+        if self.finetuning_type in ("lora", "caft"):
+            targets = self.lora_targets()
+            bad = [t for t in targets if t not in LORA_MODULES]
+            need(not bad, f"lora_target: unknown module(s) {bad}; use 'all' or names from {LORA_MODULES}")
+        if self.finetuning_type == "lofit":
+            need(self.lofit_component is not None, "finetuning_type 'lofit' needs lofit_component: A "
+                 "(phase A, select heads) or v (phase v, bias tuning on the selected heads)")
+            _choice("lofit_component", self.lofit_component, LOFIT_COMPONENTS, source)
+            if self.lofit_component == "v":
+                need(self.lofit_heads_path is not None or self.warm_start_from is not None,
+                     "lofit_component 'v' needs lofit_heads_path: the heads file a phase-A run "
+                     "(lofit_component: A) wrote")
+        else:
+            need(self.lofit_component is None,
+                 f"lofit_component is set but finetuning_type is {self.finetuning_type!r}, not 'lofit'")
+        if self.finetuning_type == "caft":
+            need(bool(self.caft_layers) or self.caft_concepts is not None,
+                 "finetuning_type 'caft' needs caft_layers (ablate at blocks.{l}.hook_resid_post) "
+                 "or caft_concepts")
+            if self.caft_n_directions is not None:
+                need(self.caft_n_directions > 0, "caft_n_directions must be > 0")
+                need(self.caft_directions != "diffmeans" or self.caft_n_directions == 1 or self.caft_concepts,
+                     "caft_directions 'diffmeans' gives one direction per layer; set caft_n_directions: 1 "
+                     "or use random / pca")
+        else:
+            for key in ("caft_concepts", "caft_layers"):
+                need(getattr(self, key) is None,
+                     f"{key} is set but finetuning_type is {self.finetuning_type!r}, not 'caft'")
+        if self.coca_variant and self.coca_variant.endswith("_warm"):
+            need(self.warm_start_from is not None,
+                 f"coca_variant {self.coca_variant!r} is a warm start: set warm_start_from to the run folder "
+                 f"to start from (e.g. a previous bias-tuning run)")
+
+    def lora_targets(self) -> list[str]:
+        if self.lora_target.strip() == "all":
+            return list(LORA_MODULES)
+        return [t.strip() for t in self.lora_target.split(",") if t.strip()]
+
+    def datasets(self) -> list[str]:
+        return [d.strip() for d in self.dataset.split(",") if d.strip()]
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def load_recipe(recipe: str | Path | dict | Recipe) -> Recipe:
+    """A :class:`Recipe` from a YAML path, a dict or a Recipe."""
+    if isinstance(recipe, Recipe):
+        recipe.validate()
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return Recipe.from_yaml(recipe)
+
+
+# ---------------------------------------------------------------------- type checks
+def _choice(key: str, value, choices, source: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{source}: {key} must be one of {list(choices)}, got {value!r}{hint}")
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return tp.__name__
+
+
+def _check_type(key: str, value, tp, source: str):
+    ok, converted = _convert(value, tp)
+    if not ok:
+        raise RecipeError(f"{source}: key {key!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return converted
+
+
+def _convert(value, tp) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):  # exact matches first (a bool is not an int here)
+            ok, v = _convert(value, arg)
+            if ok:
+                return True, v
+        return False, None
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if inner is int and isinstance(value, str):  # LLaMA-Factory style "10,12,14"
+            try:
+                return True, [int(x) for x in value.split(",") if x.strip()]
+            except ValueError:
+                return False, None
+        if inner is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, [value]
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for item in value:
+            ok, v = _convert(item, inner)
+            if not ok:
+                return False, None
+            out.append(v)
+        return True, out
+    return isinstance(value, tp), value
+
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "FINETUNING_TYPES", "LOFIT_COMPONENTS", "CAFT_DIRECTIONS",
+           "COCA_VARIANTS", "LORA_MODULES"]
