@@ -1,6 +1,7 @@
 """The ``workbench`` command.
 
-    workbench demo [--out out/demo] [--n-per-class 100]    the main job on the embedded model
+    workbench demo [--out out/demo]                         the main job: the quick experiment
+    workbench experiment [FILE.yaml] [--quick] [--out DIR]  cache, probe, concepts, train, evaluate, compare
     workbench cache --out DIR [--model M] [--harmful advbench,harmbench] [--benign benign_instructions]
                     [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
     workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
@@ -18,23 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-SITE_GROUPS = {
-    "resid_post": "blocks.{l}.hook_resid_post",
-    "resid_pre": "blocks.{l}.hook_resid_pre",
-    "resid_mid": "blocks.{l}.hook_resid_mid",
-    "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out",
-    "z": "blocks.{l}.attn.hook_z",
-}
-
-
-def expand_sites(spec: str, n_layers: int) -> list[str]:
-    """``"resid_post,z"`` -> every layer's sites of those kinds; full site names pass through."""
-    out: list[str] = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        out.extend([SITE_GROUPS[part].format(l=l) for l in range(n_layers)] if part in SITE_GROUPS else [part])
-    return out
-
+from .sites import expand_sites
 
 def _records(args):
     from .data import harmful_vs_benign
@@ -86,26 +71,25 @@ def cmd_probe(args) -> Path:
     return out
 
 
-def cmd_demo(args) -> None:
-    from . import Workbench
+def default_experiment() -> Path:
+    """``examples/safety.yaml`` of this checkout."""
+    return Path(__file__).resolve().parents[1] / "examples" / "safety.yaml"
 
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    wb = Workbench.load(args.model)
-    print(f"loaded {wb} in {time.perf_counter() - t0:.1f}s")
-    args.out, store_dir = str(out / "activations"), out / "activations"
-    cmd_cache(args, wb)
-    probe_args = argparse.Namespace(store=str(store_dir), out=str(out / "probes"), folds=5, seed=args.seed)
-    cmd_probe(probe_args)
-    records = _records(args)
-    harmful = [r.prompt for r in records if r.label == 1][:3]
-    replies = wb.generate(harmful, max_new_tokens=40, progress=False)
-    print("\nwhat the untouched model says to harmful requests (it complies: safety work has a job here):")
-    for p, r in zip(harmful, replies):
-        print(f"  > {p[:80]}\n    {r.strip()[:160]!r}")
-    (out / "summary.json").write_text(json.dumps({"model": wb.model_id, "replies": dict(zip(harmful, replies))},
-                                                 indent=1))
-    print(f"\ndemo outputs in {out}/")
+
+def cmd_experiment(args) -> Path:
+    from .experiment import run_experiment
+
+    return run_experiment(args.experiment, quick=args.quick, out=args.out,
+                          methods=args.methods.split(",") if args.methods else None)
+
+
+def cmd_demo(args) -> Path:
+    """The main job: the quick end-to-end experiment on the embedded model."""
+    from .experiment import run_experiment
+
+    report = run_experiment(default_experiment(), quick=True, out=args.out)
+    print(f"\nreport: {report}\nresults table: {Path(report).parent / 'results.md'}")
+    return report
 
 
 def cmd_sites(args) -> None:
@@ -184,10 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--seed", type=int, default=0)
 
-    demo = sub.add_parser("demo", help="the main job on the embedded model")
-    data_args(demo)
+    demo = sub.add_parser("demo", help="the main job: the quick end-to-end experiment on the embedded model")
     demo.add_argument("--out", default="out/demo")
-    demo.set_defaults(func=cmd_demo, n_per_class=100)
+    demo.set_defaults(func=cmd_demo)
+    exp = sub.add_parser("experiment", help="cache, probe, find concepts, train each method, evaluate, compare")
+    exp.add_argument("experiment", nargs="?", default=str(default_experiment()))
+    exp.add_argument("--quick", action="store_true", help="the experiment file's quick sizes (minutes)")
+    exp.add_argument("--out", default=None, help="experiment folder (default: its output_dir)")
+    exp.add_argument("--methods", default=None, help="comma-separated subset of the file's methods")
+    exp.set_defaults(func=cmd_experiment)
     cache = sub.add_parser("cache", help="cache activations of harmful vs benign prompts to disk")
     data_args(cache)
     cache.add_argument("--out", required=True)

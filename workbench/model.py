@@ -155,7 +155,7 @@ class Workbench:
 
         Each site's tensor is reduced to ``position`` (see :func:`workbench.sites.reduce_positions`)
         inside the hook, so memory holds one batch of reduced activations at a time. The forward
-        pass stops after the last layer any site needs.
+        pass stops after the last block any site needs (no LM head when all sites are in blocks).
         """
         if position not in POSITIONS:
             raise ValueError(f"unknown position {position!r}; choose from {POSITIONS}")
@@ -166,7 +166,9 @@ class Workbench:
         parsed = [self.site(s) for s in sites]
         if len(set(sites)) != len(sites):
             raise ValueError("duplicate site names")
-        last_layer = max((s.layer for s in parsed if s.layer is not None), default=None)
+        # Stop after the last block any site needs (the final norm and LM head are never needed
+        # when every site is inside a block).
+        last_layer = None if any(s.layer is None for s in parsed) else max(s.layer for s in parsed)
         bar = tqdm(total=len(prompts), initial=start, desc="capture", unit="prompt", disable=not progress)
         for lo in range(start, len(prompts), batch_size):
             hi = min(lo + batch_size, len(prompts))
@@ -178,7 +180,7 @@ class Workbench:
                 acts[name] = reduce_positions(t.detach(), batch, position).to("cpu", dtype).contiguous()
 
             hooks: dict[str, list] = {s.name: [grab] for s in parsed}
-            if last_layer is not None and last_layer < self.n_layers - 1:
+            if last_layer is not None:
                 hooks.setdefault(f"blocks.{last_layer}.hook_resid_post", []).append(_stop)
             with torch.no_grad():
                 self.backend.run(batch.input_ids, batch.attention_mask, self._backend_hooks(hooks))

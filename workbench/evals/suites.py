@@ -2,7 +2,8 @@
 
 Every harmful prompt comes from the *test* split of its source (training recipes draw from the
 train split, so no suite prompt was trained on); jailbreaks wrap test-split requests in attacks
-no training recipe uses. Sizes: ``quick`` for minutes on 2 CPU cores, ``full`` for about an hour.
+no training recipe uses. Sizes: ``tiny`` for tests and ``--quick`` experiments, ``quick`` for minutes on 2 CPU cores,
+``full`` for about an hour, or any number of prompts per suite.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..data import Record, jailbreak_suite, load_dataset
 from ..probes import wilson_interval
 from .judges import SubstringJudge
 
-SIZES = {"quick": 16, "full": 100}
+SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)
 HARMFUL_SOURCES = ("advbench", "harmbench")
 
 
@@ -38,11 +39,12 @@ def _sample(records: Sequence[Record], n: int, seed: int) -> list[Record]:
     return random.Random(seed).sample(records, min(n, len(records)))
 
 
-def build_suites(size: str = "quick", seed: int = 0) -> dict[str, Suite]:
-    """The suites of one report. Deterministic for ``(size, seed)``."""
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {list(SIZES)}, not {size!r}")
-    n = SIZES[size]
+def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
+    """The suites of one report. Deterministic for ``(size, seed)``; ``size`` is a name of
+    :data:`SIZES` or a number of prompts per suite."""
+    if isinstance(size, bool) or not (size in SIZES or (isinstance(size, int) and size > 0)):
+        raise ValueError(f"size must be one of {list(SIZES)} or a positive number of prompts, not {size!r}")
+    n = SIZES.get(size, size)
     harmful = [r for src in HARMFUL_SOURCES for r in load_dataset(src, split="test")]
     id_harmful = _sample(harmful, n, seed)
     used = {r.id for r in id_harmful}
@@ -107,15 +109,17 @@ def _perplexity(wb, suite: Suite, batch_size: int) -> dict:
     return {"value": float(np.exp(nll / count)), "ci_low": float("nan"), "ci_high": float("nan"), "n": count}
 
 
-def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 16, judge=None) -> dict:
-    """Metrics of one suite; generation suites also return ``samples`` (prompt, response, refused)."""
+def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 16, judge=None,
+              gsm8k_tokens: int = 256) -> dict:
+    """Metrics of one suite; generation suites also return ``samples`` (prompt, response, refused).
+    ``max_new_tokens`` is enough to judge a refusal; GSM8K answers get ``gsm8k_tokens``."""
     judge = judge or SubstringJudge()
     if suite.kind == "mmlu":
         return _mmlu(wb, suite, batch_size)
     if suite.kind == "perplexity":
         return _perplexity(wb, suite, batch_size)
     prompts = [r.prompt for r in suite.records]
-    tokens = 256 if suite.kind == "gsm8k" else max_new_tokens
+    tokens = gsm8k_tokens if suite.kind == "gsm8k" else max_new_tokens
     responses = wb.generate(prompts, max_new_tokens=tokens, batch_size=batch_size, progress=False)
     if suite.kind == "gsm8k":
         hits = np.array([_last_number(t) == r.meta["target_answer"] for t, r in zip(responses, suite.records)])
@@ -132,11 +136,11 @@ METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "com
 
 
 def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 16,
-             progress: bool = True) -> dict[str, dict]:
+             progress: bool = True, gsm8k_tokens: int = 256) -> dict[str, dict]:
     """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``."""
     out = {}
     with torch.no_grad():
         for name, suite in tqdm(suites.items(), desc="evaluate", disable=not progress):
             out[name] = {"metric": METRIC_NAMES[suite.kind], "kind": suite.kind,
-                         **run_suite(wb, suite, max_new_tokens, batch_size)}
+                         **run_suite(wb, suite, max_new_tokens, batch_size, gsm8k_tokens=gsm8k_tokens)}
     return out

@@ -1,0 +1,91 @@
+"""The end-to-end experiment: planning (recipe rewiring, chain checks), config errors, a tiny
+run on the random tiny model that resumes without redoing finished steps."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench.cli import default_experiment
+from workbench.experiment import Experiment, ExperimentError, plan_training, run_experiment
+
+
+def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
+    exp = Experiment.from_yaml(default_experiment())
+    plan, runs = plan_training(exp, tmp_path)
+    head = plan[next(k for k in plan if k.endswith("lofit/head.yaml"))]
+    bias = plan[next(k for k in plan if k.endswith("lofit/bias_tuning.yaml"))]
+    think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
+    caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
+    assert len(plan) == 5  # head selection is shared by lofit and coca and runs once
+    assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
+    assert think.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
+    assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
+    assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 60 for r in plan.values())
+    assert runs == {"sft": str(tmp_path / "train/sft/lora"), "caft": str(tmp_path / "train/caft/diffmeans"),
+                    "lofit": bias.output_dir, "coca": think.output_dir}
+    quick = Experiment.from_yaml(default_experiment(), quick=True)
+    assert quick.eval_size == "tiny" and quick.train_overrides["max_steps"] < exp.train_overrides["max_steps"]
+
+
+def test_bad_experiment_files_are_clear_errors(tmp_path):
+    with pytest.raises(ExperimentError, match="did you mean 'n_per_class'"):
+        Experiment.from_dict({"n_per_clas": 3})
+    with pytest.raises(ExperimentError, match="'n_per_class' should be a int"):
+        Experiment.from_dict({"n_per_class": "many"})
+    with pytest.raises(ExperimentError, match="unknown key 'max_step'"):
+        Experiment.from_dict({"quick": {"max_step": 3}})
+    recipes = Path(default_experiment()).parent
+    exp = Experiment.from_dict({"methods": {"lofit": [str(recipes / "lofit/bias_tuning.yaml")]}})
+    with pytest.raises(ExperimentError, match="list the phase A recipe first"):
+        plan_training(exp, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        run_experiment(tmp_path / "missing.yaml")
+
+
+def _tiny_experiment(tmp_path) -> Path:
+    recipes = {
+        "sft/lora.yaml": {"finetuning_type": "lora"},
+        "caft/dm.yaml": {"finetuning_type": "caft", "caft_directions": "diffmeans", "caft_layers": [1]},
+        "lofit/head.yaml": {"finetuning_type": "lofit", "lofit_component": "A", "lofit_topk_heads": 2,
+                            "lofit_heads_path": "runs/heads.json", "output_dir": "runs/head"},
+        "lofit/bias.yaml": {"finetuning_type": "lofit", "lofit_component": "v", "lofit_heads_path": "runs/heads.json"},
+    }
+    for name, r in recipes.items():
+        path = tmp_path / "recipes" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({"model_name_or_path": "tiny-llama", "dataset": "advbench,benign_instructions",
+                                        "output_dir": f"runs/{path.stem}", "cutoff_len": 64, **r}))
+    exp = {"model": "tiny-llama", "n_per_class": 12, "probe_sites": "resid_post,z", "folds": 3,
+           "concept_layers": [1], "erasure_layers": [0, 1], "erasure_n_per_class": 9,
+           "methods": {"sft": ["sft/lora.yaml"], "caft": ["caft/dm.yaml"], "lofit": ["lofit/head.yaml", "lofit/bias.yaml"]},
+           "train_overrides": {"max_steps": 2, "max_samples": 4, "per_device_train_batch_size": 2},
+           "eval_size": 2, "max_new_tokens": 4, "gsm8k_tokens": 4}
+    path = tmp_path / "recipes" / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
+    path, out = _tiny_experiment(tmp_path), tmp_path / "out"
+    report = run_experiment(path, out=out)
+    assert report == out / "report.html"
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["results"]) == ["baseline", "sft", "caft", "lofit"]
+    for name, r in results["results"].items():
+        assert r["suites"]["id_harmful"]["n"] == 2 and 0 <= r["suites"]["mmlu"]["value"] <= 1
+        assert [e["site"] for e in r["erasure"]] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+        assert all(0 <= e["accuracy_after"] <= 1 and e["n"] == 18 for e in r["erasure"])
+    assert results["train"]["lofit"]["n_trainable"] == 2 * 16  # 2 heads x d_head 16 (tiny-llama)
+    table = (out / "results.md").read_text()
+    assert "| metric | baseline | sft | caft | lofit |" in table and "after LEACE, layer 1" in table
+    assert "probe accuracy before / after LEACE" in report.read_text()
+    assert len(list((out / "probes").glob("*.html"))) == 2
+    # a second run finds every step done: nothing is retrained or re-evaluated
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("summary.json", "eval.json", "erasure.json")}
+    assert len(stamps) == 4 + 4 + 4  # 4 trained recipes, 4 evaluated models, 4 erasure checks
+    capsys.readouterr()
+    run_experiment(path, out=out)
+    assert "already trained" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

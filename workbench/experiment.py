@@ -1,0 +1,327 @@
+"""The end-to-end experiment: one command from the untouched model to a comparison report.
+
+    workbench experiment examples/safety.yaml [--quick] [--out DIR]
+
+It answers the COCA question on one model: did the intervention change how the model represents
+and acts on harmful requests, does it hold against jailbreaks it never saw, and what did it cost?
+Steps, each writing a folder of the experiment folder (a finished step is skipped when the
+experiment runs again, so an interrupted experiment resumes where it stopped):
+
+1. ``activations/``: harmful vs benign prompts (train split) -> :class:`~workbench.ActivationStore`;
+2. ``probes/``: the linear-probe sweep over every cached site (table + plotly plots);
+3. ``concepts/``: the difference-of-means ConceptSet at ``concept_layers``; CAFT recipes that ask for
+   ``caft_directions: diffmeans`` and name no ``caft_concepts`` ablate these;
+4. ``train/``: every method's recipes, in order (a method is a chain: LoFIT = head selection, then
+   bias tuning); ``output_dir``, ``lofit_heads_path`` and ``warm_start_from`` are rewired into the
+   experiment folder, ``train_overrides`` applied to each;
+5. ``eval/{run}/``: the safety suites (:mod:`workbench.evals`) for the untouched model and each method;
+6. ``erasure/{run}/``: on held-out (test split) prompts, probe accuracy at ``erasure_layers``
+   before and after LEACE, and the 1-D difference-of-means accuracy (how concentrated the concept is);
+7. ``report.html`` (every suite, every run, with samples), ``results.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import DEFAULT_MODEL
+from .sites import expand_sites
+
+BASELINE = "baseline"
+SUMMARY_ROWS = [("id_harmful", "refusal rate (ID harmful)"), ("ood_template", "attack success: templates"),
+                ("ood_gcg", "attack success: GCG suffixes"), ("ood_encoding", "attack success: encodings"),
+                ("benign", "benign compliance"), ("overrefusal", "over-refusal"), ("gsm8k", "GSM8K exact match"),
+                ("mmlu", "MMLU accuracy"), ("perplexity", "perplexity (benign answers)")]
+
+
+class ExperimentError(ValueError):
+    """An experiment file with an unknown key, a wrong-typed value or recipes that do not chain."""
+
+
+@dataclass
+class Experiment:
+    """One experiment file (YAML). ``quick`` holds the keys ``--quick`` replaces."""
+
+    output_dir: str = "runs/experiment"
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    # activations, probes, concepts
+    harmful: list[str] = field(default_factory=lambda: ["advbench", "harmbench"])
+    benign: list[str] = field(default_factory=lambda: ["benign_instructions", "donotanswer_sensitive"])
+    n_per_class: int = 100
+    probe_sites: str = "resid_post,z"
+    position: str = "last"
+    folds: int = 5
+    concept_layers: list[int] = field(default_factory=lambda: [10, 15, 20])
+    # training: method name -> recipe paths run in order (the last one is the method's model)
+    methods: dict[str, list[str]] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    # evaluation
+    eval_size: Any = "quick"
+    max_new_tokens: int = 48
+    gsm8k_tokens: int = 256
+    erasure_layers: list[int] = field(default_factory=lambda: [10, 15, 20])
+    erasure_n_per_class: int = 48
+    quick: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "experiment", quick: bool = False) -> Experiment:
+        if not isinstance(data, dict):
+            raise ExperimentError(f"{source}: an experiment is a mapping of keys to values")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in [*data, *(data.get("quick") or {})]:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise ExperimentError(f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                      + f". Known keys: {', '.join(known)}")
+        if quick:
+            data = {**data, **(data.get("quick") or {})}
+        defaults = cls()
+        for key, value in data.items():
+            want = type(getattr(defaults, key))
+            if key in ("eval_size",) or value is None:
+                continue
+            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+                raise ExperimentError(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
+        exp = cls(**data)
+        exp.methods = {name: [recipes] if isinstance(recipes, str) else list(recipes)
+                       for name, recipes in exp.methods.items()}
+        if BASELINE in exp.methods:
+            raise ExperimentError(f"{source}: {BASELINE!r} is the untouched model; give the method another name")
+        return exp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, quick: bool = False) -> Experiment:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment file {path} does not exist")
+        exp = cls.from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path), quick=quick)
+        # recipe paths are relative to the experiment file
+        exp.methods = {m: [str(path.parent / p) for p in paths] for m, paths in exp.methods.items()}
+        return exp
+
+
+def _norm(path: str | Path) -> str:
+    return Path(path).as_posix().removeprefix("./").rstrip("/")
+
+
+def plan_training(exp: Experiment, out: Path) -> tuple[dict[str, "Recipe"], dict[str, str]]:  # noqa: F821
+    """Rewire every recipe into ``out/train/``: ``({recipe path: Recipe}, {method: run folder})``.
+
+    A recipe shared by several methods (LoFIT's head selection) runs once. ``warm_start_from`` and a
+    phase v ``lofit_heads_path`` must point at the run of a recipe listed before it."""
+    from .train import load_recipe
+
+    plan, moved, method_runs = {}, {}, {}
+    for method, paths in exp.methods.items():
+        if not paths:
+            raise ExperimentError(f"method {method!r} lists no recipe")
+        for path in paths:
+            key = _norm(path)
+            if key not in plan:
+                recipe = load_recipe(path)
+                name = "/".join(Path(key).with_suffix("").parts[-2:])
+                new_dir = out / "train" / name
+                changes = {"output_dir": str(new_dir), "model_name_or_path": exp.model, **exp.train_overrides}
+                if recipe.finetuning_type == "lofit":
+                    heads = recipe.lofit_heads_path or str(Path(recipe.output_dir) / "heads.json")
+                    if recipe.lofit_component == "A":
+                        moved[_norm(heads)] = str(new_dir / "heads.json")
+                    elif _norm(heads) not in moved:
+                        raise ExperimentError(f"{path}: lofit_heads_path {heads} is written by no recipe listed "
+                                              f"before it in method {method!r}; list the phase A recipe first")
+                    changes["lofit_heads_path"] = moved[_norm(heads)]
+                if recipe.warm_start_from:
+                    if _norm(recipe.warm_start_from) not in moved:
+                        raise ExperimentError(f"{path}: warm_start_from {recipe.warm_start_from} is the run of no "
+                                              f"recipe listed before it in method {method!r}")
+                    changes["warm_start_from"] = moved[_norm(recipe.warm_start_from)]
+                if recipe.finetuning_type == "caft" and recipe.caft_concepts is None \
+                        and recipe.caft_directions == "diffmeans":
+                    changes["caft_concepts"] = str(out / "concepts" / "harmful.safetensors")
+                    changes["caft_layers"] = recipe.caft_layers or exp.concept_layers
+                plan[key] = recipe.replace(**changes)
+                moved[_norm(recipe.output_dir)] = str(new_dir)
+            method_runs[method] = plan[key].output_dir
+    return plan, method_runs
+
+
+def _records(exp: Experiment, split: str, n: int):
+    from .data import harmful_vs_benign
+
+    return harmful_vs_benign(harmful=exp.harmful, benign=exp.benign, n_per_class=n, split=split, seed=exp.seed,
+                             match_lengths=True)
+
+
+def cache_and_probe(exp: Experiment, wb, out: Path):
+    """Steps 1-3. Returns the probe table."""
+    import pandas as pd
+
+    from . import ActivationStore
+    from .concepts import diff_means
+    from .plots import head_heatmap, probe_accuracy_plot, save_html
+    from .probes import probe_sweep, split_heads
+
+    records = _records(exp, "train", exp.n_per_class)
+    sites = expand_sites(exp.probe_sites, wb.n_layers)
+    for l in exp.concept_layers:  # the concept sites are cached too
+        if f"blocks.{l}.hook_resid_post" not in sites:
+            sites.append(f"blocks.{l}.hook_resid_post")
+    store = ActivationStore.build(out / "activations", wb, [r.prompt for r in records], sites,
+                                  position=exp.position, labels=[r.label for r in records],
+                                  ids=[r.id for r in records])
+    table_path = out / "probes" / "probes.csv"
+    if table_path.is_file():
+        table = pd.read_csv(table_path)
+    else:
+        table = probe_sweep(split_heads({s: store.load(s) for s in store.sites}), store.labels,
+                            n_folds=exp.folds, seed=exp.seed)
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        save_html(probe_accuracy_plot(table), out / "probes" / "probe_accuracy.html")
+        if (table["kind"] == "z").any():
+            save_html(head_heatmap(table), out / "probes" / "head_heatmap.html")
+        table.to_csv(table_path, index=False)  # last: its presence marks the step done
+    concepts = out / "concepts" / "harmful.safetensors"
+    if not concepts.is_file():
+        concepts.parent.mkdir(parents=True, exist_ok=True)
+        cs = diff_means(store, sites=[f"blocks.{l}.hook_resid_post" for l in exp.concept_layers],
+                        label="harmful - benign")
+        cs.save(concepts)
+    return table
+
+
+def erasure(exp: Experiment, wb, out: Path, hooks=None) -> list[dict]:
+    """Step 6 for one model: held-out probe accuracy before / after LEACE, diff-of-means accuracy."""
+    from .erasure import erasure_check
+    from .probes import diff_means_separation
+
+    path = out / "erasure.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    records = _records(exp, "test", exp.erasure_n_per_class)
+    sites = [f"blocks.{l}.hook_resid_post" for l in exp.erasure_layers]
+    with wb.hooks(hooks or {}):
+        acts = wb.capture([r.prompt for r in records], sites, position=exp.position, progress=False)
+    labels = [r.label for r in records]
+    check = erasure_check(acts, labels, n_folds=exp.folds, seed=exp.seed).set_index("site")
+    dm = diff_means_separation(acts, labels, n_folds=exp.folds, seed=exp.seed).set_index("site")
+    rows = [{"site": s, "n": len(labels), "accuracy_before": float(check.loc[s, "accuracy_before"]),
+             "accuracy_after": float(check.loc[s, "accuracy_after"]),
+             "diffmeans_accuracy": float(dm.loc[s, "accuracy"])} for s in sites]
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def evaluate_run(exp: Experiment, name: str, run_dir: str | None, out: Path) -> dict:
+    """Steps 5 and 6 for the untouched model (``run_dir=None``) or one training run."""
+    from .evals import build_suites, evaluate, load_metrics, save_metrics
+    from .model import Workbench
+    from .train import apply_run
+
+    eval_path = out / "eval" / name / "eval.json"
+    wb = Workbench.load(exp.model)
+    deployed = apply_run(run_dir, wb) if run_dir else {}
+    if not eval_path.is_file():
+        with wb.hooks(deployed):
+            metrics = evaluate(wb, build_suites(exp.eval_size, exp.seed), max_new_tokens=exp.max_new_tokens,
+                               gsm8k_tokens=exp.gsm8k_tokens)
+        save_metrics(metrics, eval_path, wb.model_id, str(exp.eval_size), exp.seed)
+    result = load_metrics(eval_path)
+    result["erasure"] = erasure(exp, wb, out / "erasure" / name, deployed)
+    return result
+
+
+def _cell(m: dict) -> str:
+    v = m.get("value", float("nan"))
+    if m.get("metric") == "perplexity":
+        return f"{v:.2f}"
+    return f"{v:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
+
+
+def results_table(results: dict[str, dict], train_info: dict[str, dict]) -> str:
+    """A markdown table: one row per metric, one column per run."""
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for suite, label in SUMMARY_ROWS:
+        if all(suite in r["suites"] for r in results.values()):
+            lines.append(f"| {label} | " + " | ".join(_cell(results[n]["suites"][suite]) for n in names) + " |")
+    sites = [row["site"] for row in next(iter(results.values()))["erasure"]]
+    for i, site in enumerate(sites):
+        layer = site.split(".")[1]
+        for key, label in (("accuracy_before", f"probe accuracy, layer {layer}"),
+                           ("accuracy_after", f"probe accuracy after LEACE, layer {layer}"),
+                           ("diffmeans_accuracy", f"1-D diff-of-means accuracy, layer {layer}")):
+            lines.append(f"| {label} | " + " | ".join(f"{results[n]['erasure'][i][key]:.2f}" for n in names) + " |")
+    for key, label in (("n_trainable", "trainable parameters"), ("steps", "training steps"),
+                       ("last_loss", "final training loss"), ("wall_s", "training time (s)")):
+        cells = [train_info.get(n, {}).get(key) for n in names]
+        fmt = [("–" if c is None else f"{c:,}" if isinstance(c, int) else f"{c:.3g}") for c in cells]
+        lines.append(f"| {label} | " + " | ".join(fmt) + " |")
+    return "\n".join(lines)
+
+
+def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None = None,
+                   methods: list[str] | None = None) -> Path:
+    """Run every step (see the module docstring); returns the path of ``report.html``."""
+    from .evals import write_report
+    from .model import Workbench
+    from .train import train
+
+    exp = Experiment.from_yaml(path, quick=quick)
+    if methods is not None:
+        unknown = sorted(set(methods) - set(exp.methods))
+        if unknown:
+            raise ExperimentError(f"unknown methods {unknown}; the experiment has {sorted(exp.methods)}")
+        exp.methods = {m: exp.methods[m] for m in methods}
+    out = Path(out or exp.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan, method_runs = plan_training(exp, out)  # fails early on recipes that do not chain
+    (out / "experiment.json").write_text(json.dumps({"source": str(path), "quick": quick,
+                                                     **dataclasses.asdict(exp)}, indent=1))
+    t0 = time.perf_counter()
+    wb = Workbench.load(exp.model)
+    print(f"[experiment] {wb}; steps 1-3: activations, probe sweep, concepts")
+    table = cache_and_probe(exp, wb, out)
+    best = table.sort_values("accuracy", ascending=False).groupby("kind").head(1)
+    for _, row in best.iterrows():
+        print(f"[experiment]   best {row['kind']} probe: {row['site']} accuracy {row['accuracy']:.3f}")
+    del wb
+
+    for key, recipe in plan.items():
+        if (Path(recipe.output_dir) / "summary.json").is_file():
+            print(f"[experiment] step 4: {key} already trained in {recipe.output_dir}")
+            continue
+        from transformers.trainer_utils import get_last_checkpoint
+
+        run_dir = Path(recipe.output_dir)
+        resume = run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
+        print(f"[experiment] step 4: train {key} -> {run_dir}{' (resuming)' if resume else ''}")
+        train(recipe.replace(overwrite_output_dir=True, resume_from_checkpoint=True if resume else None))
+
+    results, train_info = {}, {}
+    for name, run_dir in [(BASELINE, None), *method_runs.items()]:
+        print(f"[experiment] steps 5-6: evaluate {name}")
+        results[name] = evaluate_run(exp, name, run_dir, out)
+        if run_dir:
+            train_info[name] = json.loads((Path(run_dir) / "summary.json").read_text())
+
+    table_md = results_table(results, train_info)
+    (out / "results.md").write_text(table_md + "\n")
+    (out / "results.json").write_text(json.dumps({"results": results, "train": train_info}, indent=1, default=str))
+    erasure_rows = [[f"probe accuracy before / after LEACE ({row['site']})", "accuracy",
+                     *[f"{r['erasure'][i]['accuracy_before']:.3f} / {r['erasure'][i]['accuracy_after']:.3f}"
+                       for r in results.values()]]
+                    for i, row in enumerate(next(iter(results.values()))["erasure"])]
+    report = write_report(results, out, extra_rows=erasure_rows)
+    print(table_md)
+    print(f"[experiment] done in {time.perf_counter() - t0:.0f}s; report: {report}")
+    return report
