@@ -1,7 +1,7 @@
 """Benchmark: batched greedy generation (Workbench, KV cache, left padding) vs HF ``generate`` at
 batch 1, on the same real prompts in the same run. Prints tokens/s and the ratio.
 
-    python bench/generate.py [--n 32] [--batch-size 16] [--max-new-tokens 32]
+    python bench/generate.py [--n 32] [--batch-size 32] [--max-new-tokens 32]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
 

@@ -81,10 +81,12 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| metric | baseline | sft | caft | lofit |" in table and "after LEACE, layer 1" in table
     assert "probe accuracy before / after LEACE" in report.read_text()
+    assert "| substring | 1.000 |" in table  # the phrase judge never calls a compliance a refusal
+    assert set(results["judges"]) == {"substring", "probe (layer 1)"}
     assert len(list((out / "probes").glob("*.html"))) == 2
     # a second run finds every step done: nothing is retrained or re-evaluated
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("summary.json", "eval.json", "erasure.json")}
-    assert len(stamps) == 4 + 4 + 4  # 4 trained recipes, 4 evaluated models, 4 erasure checks
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("summary.json", "eval.json", "erasure.json", "judges.json")}
+    assert len(stamps) == 4 + 4 + 4 + 1  # 4 trained recipes, 4 evaluated models, 4 erasure checks, judges
     capsys.readouterr()
     run_experiment(path, out=out)
     assert "already trained" in capsys.readouterr().out

@@ -1,6 +1,5 @@
 """Execute the notebooks on the real default model with small samples."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -11,7 +10,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["01_probes.ipynb"])
+@pytest.mark.parametrize("name", ["00_quickstart.ipynb", "01_probes.ipynb", "03_finetune_and_evaluate.ipynb"])
 def test_notebook_runs(name, monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))

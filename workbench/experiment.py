@@ -17,7 +17,8 @@ experiment runs again, so an interrupted experiment resumes where it stopped):
 5. ``eval/{run}/``: the safety suites (:mod:`workbench.evals`) for the untouched model and each method;
 6. ``erasure/{run}/``: on held-out (test split) prompts, probe accuracy at ``erasure_layers``
    before and after LEACE, and the 1-D difference-of-means accuracy (how concentrated the concept is);
-7. ``report.html`` (every suite, every run, with samples), ``results.md`` and ``results.json``.
+7. ``judges.json``: the refusal judges' precision / recall against UncensorBench's human labels;
+8. ``report.html`` (every suite, every run, with samples), ``results.md`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def _norm(path: str | Path) -> str:
     return Path(path).as_posix().removeprefix("./").rstrip("/")
 
 
-def plan_training(exp: Experiment, out: Path) -> tuple[dict[str, "Recipe"], dict[str, str]]:  # noqa: F821
+def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
     """Rewire every recipe into ``out/train/``: ``({recipe path: Recipe}, {method: run folder})``.
 
     A recipe shared by several methods (LoFIT's head selection) runs once. ``warm_start_from`` and a
@@ -269,6 +270,15 @@ def results_table(results: dict[str, dict], train_info: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def judges_table(judges: dict[str, dict]) -> str:
+    """Markdown: each refusal judge's precision / recall against human labels."""
+    lines = ["| refusal judge (UncensorBench test split, human labels) | precision | recall | accuracy | n |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['accuracy']:.3f} | {s['n']} |"
+              for name, s in judges.items()]
+    return "\n".join(lines)
+
+
 def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None = None,
                    methods: list[str] | None = None) -> Path:
     """Run every step (see the module docstring); returns the path of ``report.html``."""
@@ -314,9 +324,16 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
         if run_dir:
             train_info[name] = json.loads((Path(run_dir) / "summary.json").read_text())
 
-    table_md = results_table(results, train_info)
+    judges_path = out / "judges.json"
+    if not judges_path.is_file():
+        from .evals import judge_report
+
+        judges_path.write_text(json.dumps(judge_report(Workbench.load(exp.model), exp.seed), indent=1))
+    judges = json.loads(judges_path.read_text())
+    table_md = results_table(results, train_info) + "\n\n" + judges_table(judges)
     (out / "results.md").write_text(table_md + "\n")
-    (out / "results.json").write_text(json.dumps({"results": results, "train": train_info}, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps({"results": results, "train": train_info, "judges": judges},
+                                                indent=1, default=str))
     erasure_rows = [[f"probe accuracy before / after LEACE ({row['site']})", "accuracy",
                      *[f"{r['erasure'][i]['accuracy_before']:.3f} / {r['erasure'][i]['accuracy_after']:.3f}"
                        for r in results.values()]]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import models
 from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
-from .sites import POSITIONS, RAGGED, Site, parse_site, reduce_positions, rows_per_prompt
+from .sites import POSITIONS, Site, parse_site, reduce_positions, rows_per_prompt
 
 # A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
 # ``as_hooks(wb) -> {site: fn}`` method (interventions) are accepted wherever hooks are.
@@ -211,16 +211,20 @@ class Workbench:
         with :meth:`hooks` apply at every step (transformer_lens backend)."""
         if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
             raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
-        out: list[str] = []
+        # Batch prompts of similar length together (less left padding); answers return in input order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[str] = [""] * len(prompts)
         for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
-            batch = self.tokenize(prompts[lo:lo + batch_size]).to(self._device())
+            idx = order[lo:lo + batch_size]
+            batch = self.tokenize([prompts[i] for i in idx]).to(self._device())
             with torch.no_grad():
                 ids = self.model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     max_new_tokens=max_new_tokens, do_sample=do_sample,
                     pad_token_id=self.tokenizer.pad_token_id, **kwargs)
             new = ids[:, batch.input_ids.shape[1]:]
-            out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+            for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = text
         return out
 
 

@@ -7,7 +7,7 @@
 
 Modules: :mod:`.conceptset` (the container and its file format), :mod:`.diffmeans`,
 :mod:`.pca` (PCA of one model, PCA of the fine-tuned - base difference as CAFT), :mod:`.sae`
-(sae-lens training, loading, CAFT's three latent choices, the ``sae train`` command).
+(sae-lens training, loading, the ``sae train`` command), :mod:`.latents` (CAFT's three latent choices).
 """
 
 from .conceptset import Concept, ConceptSet, WidthMismatch, provenance
@@ -17,12 +17,18 @@ from .pca import (activation_difference, paired_activations, pca, pca_diff, prin
 
 # The SAE names load lazily: importing sae-lens takes seconds, and an eager import would make
 # ``python -m workbench.concepts.sae`` warn that the module was imported before it ran.
-_SAE_NAMES = ("WorkbenchSAE", "build_training_store", "common_prefix_length", "latent_attribution",
-              "latents_by_attribution", "latents_by_diff_encoding", "latents_by_mean_diff", "load_pretrained_sae",
-              "load_sae", "massive_dims", "sae_metrics", "saes_dir", "train_sae")
+_SAE_NAMES = ("WorkbenchSAE", "build_training_store", "common_prefix_length", "load_pretrained_sae", "load_sae",
+              "massive_dims", "sae_metrics", "saes_dir", "train_sae")
+
+
+_LATENT_NAMES = ("latent_attribution", "latents_by_attribution", "latents_by_diff_encoding", "latents_by_mean_diff")
 
 
 def __getattr__(name: str):
+    if name in _LATENT_NAMES:
+        from . import latents
+
+        return getattr(latents, name)
     if name in _SAE_NAMES:
         from . import sae
 

@@ -111,3 +111,12 @@ def refusal_score(wb, prompts: Sequence[str], batch_size: int = 16) -> torch.Ten
         p = logp[:, ids].logsumexp(-1)
         out.append(p - torch.log1p(-p.exp().clamp(max=1 - 1e-6)))
     return torch.cat(out)
+
+
+def judge_report(wb, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Both judges against UncensorBench's human labels, on its test split (the probe judge is fit
+    on the train split): ``{judge: judge_scores(...)}``."""
+    train, test = labelled_pairs(split="train", seed=seed), labelled_pairs(split="test", seed=seed)
+    probe = ProbeJudge(wb).fit(*train)
+    return {"substring": judge_scores(SubstringJudge()(test[0], test[1]), test[2]),
+            "probe (layer %d)" % (wb.n_layers // 2): judge_scores(probe(test[0], test[1]), test[2])}
