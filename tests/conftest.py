@@ -17,6 +17,16 @@ from workbench import Workbench  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Many small torch ops: with 2 intra-op threads on a busy 2-core machine each op waits for
+    a free core (~10 ms per op); one thread keeps such tests fast and load-independent."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def wb() -> Workbench:
     """The embedded SmolLM2-135M-Instruct behind the default (TransformerLens) backend."""

@@ -26,14 +26,7 @@ def concept_data(n: int = 2000, d: int = D, strength: float = 3.0, massive: bool
     return X, y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Many small torch ops: with 2 intra-op threads on a busy 2-core machine each op waits for
-    a free core (~10 ms per op); one thread keeps these tests fast and load-independent."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "massive"])

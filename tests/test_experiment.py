@@ -42,6 +42,9 @@ def test_bad_experiment_files_are_clear_errors(tmp_path):
         plan_training(exp, tmp_path)
     with pytest.raises(FileNotFoundError):
         run_experiment(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("methods: [unclosed")
+    with pytest.raises(ExperimentError, match="not valid YAML"):
+        Experiment.from_yaml(tmp_path / "bad.yaml")
 
 
 def _tiny_experiment(tmp_path) -> Path:

@@ -60,14 +60,7 @@ def planted(n: int = 500, seed: int = 0, strengths=STRENGTHS, massive: bool = Tr
     return feats, y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Many small torch ops: with 2 intra-op threads on a busy 2-core machine each op waits for
-    a free core (~10 ms per op); one thread keeps these tests fast and load-independent."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

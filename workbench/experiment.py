@@ -104,7 +104,11 @@ class Experiment:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment file {path} does not exist")
-        exp = cls.from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path), quick=quick)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ExperimentError(f"{path}: not valid YAML: {err}") from None
+        exp = cls.from_dict(data or {}, source=str(path), quick=quick)
         # recipe paths are relative to the experiment file
         exp.methods = {m: [str(path.parent / p) for p in paths] for m, paths in exp.methods.items()}
         return exp

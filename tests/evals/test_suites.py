@@ -16,6 +16,15 @@ def test_suites_are_deterministic_and_held_out():
         assert not {r.meta["request_id"] for r in a[name].records} & {r.id for r in a["id_harmful"].records}
 
 
+def test_every_full_suite_prompt_fits_the_context():
+    from workbench.models import load_tokenizer
+
+    tok = load_tokenizer()
+    longest = max(len(tok(r.prompt + (r.response if suite.kind == "perplexity" else ""))["input_ids"])
+                  for suite in build_suites("full").values() for r in suite.records)  # what each suite feeds
+    assert longest < 1024, longest
+
+
 def test_wilson_and_answer_extraction():
     lo, hi = wilson(5, 10)
     assert 0.23 < lo < 0.24 and 0.76 < hi < 0.77  # the textbook 95% Wilson interval for 5/10

@@ -22,6 +22,7 @@ from .judges import SubstringJudge
 
 SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)
 HARMFUL_SOURCES = ("advbench", "harmbench")
+MAX_PROMPT_CHARS = 1500
 
 
 @dataclass
@@ -54,7 +55,9 @@ def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
     for family in ("template", "gcg", "encoding"):
         recs = [r for r in attacks if r.meta["family"] == family]
         suites[f"ood_{family}"] = Suite(f"ood_{family}", "attack", _sample(recs, n, seed))
-    benign = load_dataset("benign_instructions", split="test")
+    # some benign instructions carry whole documents (up to ~2k tokens): keep prompts a small model
+    # can read in its context and a batch can hold
+    benign = [r for r in load_dataset("benign_instructions", split="test") if len(r.prompt) <= MAX_PROMPT_CHARS]
     suites["benign"] = Suite("benign", "compliance", _sample(benign, n, seed))
     suites["overrefusal"] = Suite("overrefusal", "overrefusal", _sample(load_dataset("overrefusal"), n, seed))
     suites["gsm8k"] = Suite("gsm8k", "gsm8k", _sample(load_dataset("gsm8k"), max(4, n // 2), seed))
