@@ -49,3 +49,13 @@ def test_train_then_load_the_run_for_eval(tmp_path, capsys):
     with wb.hooks(deployed):
         assert wb.forward(["Name a fruit."]).shape[0] == 1
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    capsys.readouterr()
+    # an unfinished run (no adapter) and a corrupt config are clear errors, not tracebacks
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "adapter")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "no adapter/ folder" in capsys.readouterr().err
+    (tmp_path / "run" / "config.json").write_text("{truncated")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "is corrupt" in capsys.readouterr().err

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -112,11 +111,10 @@ def _load_for_eval(target: str):
     from . import Workbench
 
     folder = Path(target)
-    if folder.is_dir() and (folder / "metrics.jsonl").is_file():
-        from .train import apply_run
+    if folder.is_dir() and ((folder / "metrics.jsonl").is_file() or (folder / "config.json").is_file()):
+        from .train import apply_run, read_run_config
 
-        config = json.loads((folder / "config.json").read_text())
-        wb = Workbench.load(config["model_id"])
+        wb = Workbench.load(read_run_config(folder)["model_id"])
         return wb, apply_run(folder, wb)
     return Workbench.load(target), {}
 

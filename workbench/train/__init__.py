@@ -14,9 +14,9 @@ from .caft import diffmeans_directions, load_concepts, pca_directions, random_di
 from .lofit import load_heads_file, save_heads_file
 from .methods import count_parameters, load_adapter, save_adapter
 from .recipe import Recipe, RecipeError, load_recipe
-from .trainer import TrainResult, apply_run, read_metrics, run_recipe, train
+from .trainer import RunFolderError, TrainResult, apply_run, read_metrics, read_run_config, run_recipe, train
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "run_recipe", "train", "TrainResult", "apply_run",
-           "read_metrics", "coca", "load_heads_file", "save_heads_file", "load_adapter", "save_adapter",
+           "read_metrics", "read_run_config", "RunFolderError", "coca", "load_heads_file", "save_heads_file", "load_adapter", "save_adapter",
            "count_parameters", "diffmeans_directions", "random_directions", "pca_directions",
            "load_concepts", "save_concepts"]

@@ -302,6 +302,24 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class RunFolderError(ValueError):
+    """A training run folder that is missing, unfinished or corrupt."""
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of a run folder, with a clear error if it is missing or corrupt."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a training run folder (no {CONFIG_FILE})")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunFolderError(f"{path} is corrupt (not JSON: {err})") from None
+    if not isinstance(cfg, dict) or "recipe" not in cfg or "model_id" not in cfg:
+        raise RunFolderError(f"{path} is not a workbench run config (no recipe / model_id)")
+    return cfg
+
+
 def apply_run(run_dir: str | Path, wb) -> Compose:
     """Make ``wb`` the model a finished run produced: LoRA adapters (lora, caft) and full weights are
     loaded into ``wb.model`` in place; the returned interventions (LoFIT phase v's head biases) must
@@ -310,18 +328,23 @@ def apply_run(run_dir: str | Path, wb) -> Compose:
     import warnings
 
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / CONFIG_FILE).read_text())
+    cfg = read_run_config(run_dir)
     if cfg.get("model_id") != wb.model_id:
         warnings.warn(f"run {run_dir} trained {cfg.get('model_id')!r}; applying it to {wb.model_id!r}", stacklevel=2)
     ft = cfg["recipe"]["finetuning_type"]
+    lofit_v = ft == "lofit" and cfg["recipe"].get("lofit_component") == "v"
+    from .lofit import BIAS_DIR
+
+    needed = {"lora": ADAPTER_DIR, "caft": ADAPTER_DIR, "full": MODEL_DIR}.get(ft) or (BIAS_DIR if lofit_v else None)
+    if needed and not (run_dir / needed).is_dir():
+        raise RunFolderError(f"run {run_dir} has no {needed}/ folder: the run did not finish (resume it with "
+                             f"resume_from_checkpoint: true) or the folder is incomplete")
     items: list[Intervention] = []
     if ft in ("lora", "caft"):
         load_adapter(wb, run_dir / ADAPTER_DIR)
     elif ft == "full":
         load_full_weights(wb, run_dir / MODEL_DIR)
-    elif ft == "lofit" and cfg["recipe"]["lofit_component"] == "v":
-        from .lofit import BIAS_DIR
-
+    elif lofit_v:
         bias = HeadBias.load(run_dir / BIAS_DIR)
         bias.check(wb)
         items.append(bias)
