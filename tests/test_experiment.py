@@ -94,3 +94,9 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     run_experiment(path, out=out)
     assert "already trained" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # the same folder with other settings would mix results: refused, nothing touched
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "eval_size": 3}, sort_keys=False))
+    with pytest.raises(ExperimentError, match=r"other settings \(eval_size\)"):
+        run_experiment(path, out=out)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

@@ -283,6 +283,18 @@ def judges_table(judges: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_same_settings(path: Path, settings: dict) -> None:
+    """Finished steps are reused by file presence: refuse a folder made with other settings
+    (e.g. ``--quick`` then the full size) instead of mixing their results. Methods may differ."""
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in settings if k != "methods" and old.get(k) != json.loads(json.dumps(settings[k])))
+    if changed:
+        raise ExperimentError(f"{path.parent} holds an experiment run with other settings ({', '.join(changed)}); "
+                              f"give another --out or remove the folder")
+
+
 def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None = None,
                    methods: list[str] | None = None) -> Path:
     """Run every step (see the module docstring); returns the path of ``report.html``."""
@@ -299,8 +311,9 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
     out = Path(out or exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan, method_runs = plan_training(exp, out)  # fails early on recipes that do not chain
-    (out / "experiment.json").write_text(json.dumps({"source": str(path), "quick": quick,
-                                                     **dataclasses.asdict(exp)}, indent=1))
+    settings = {"quick": quick, **dataclasses.asdict(exp)}
+    _check_same_settings(out / "experiment.json", settings)
+    (out / "experiment.json").write_text(json.dumps({"source": str(path), **settings}, indent=1))
     t0 = time.perf_counter()
     wb = Workbench.load(exp.model)
     print(f"[experiment] {wb}; steps 1-3: activations, probe sweep, concepts")
