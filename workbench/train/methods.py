@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,7 +73,9 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, d
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
                         target_modules=lora_target_regex(model, targets))
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks a deprecated transformers property; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def load_adapter_weights(peft_model, folder: str | Path) -> None:
