@@ -99,16 +99,12 @@ class Experiment:
 
     @classmethod
     def from_yaml(cls, path: str | Path, quick: bool = False) -> Experiment:
-        import yaml
+        from ._files import parse_file
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ExperimentError(f"{path}: not valid YAML: {err}") from None
-        exp = cls.from_dict(data or {}, source=str(path), quick=quick)
+        exp = cls.from_dict(parse_file(path, ExperimentError, "yaml") or {}, source=str(path), quick=quick)
         # recipe paths are relative to the experiment file
         exp.methods = {m: [str(path.parent / p) for p in paths] for m, paths in exp.methods.items()}
         return exp

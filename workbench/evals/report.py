@@ -32,11 +32,10 @@ def load_metrics(path: str | Path) -> dict:
         path = path / "eval.json"
     if not path.is_file():
         raise RunError(f"no evaluation at {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path} is corrupt (not JSON: {err})") from err
-    if data.get("format") != REPORT_FORMAT or not isinstance(data.get("suites"), dict):
+    from .._files import parse_file
+
+    data = parse_file(path, RunError)
+    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT or not isinstance(data.get("suites"), dict):
         raise RunError(f"{path} is not a workbench evaluation ({REPORT_FORMAT})")
     return data
 

@@ -119,16 +119,12 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
-        import yaml
+        from .._files import parse_file
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"recipe {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(parse_file(path, RecipeError, "yaml") or {}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

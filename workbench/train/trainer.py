@@ -311,10 +311,9 @@ def read_run_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a training run folder (no {CONFIG_FILE})")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunFolderError(f"{path} is corrupt (not JSON: {err})") from None
+    from .._files import parse_file
+
+    cfg = parse_file(path, RunFolderError)
     if not isinstance(cfg, dict) or "recipe" not in cfg or "model_id" not in cfg:
         raise RunFolderError(f"{path} is not a workbench run config (no recipe / model_id)")
     return cfg
