@@ -44,23 +44,14 @@ def cmd_cache(args, wb=None) -> Path:
 
 def cmd_probe(args) -> Path:
     from . import ActivationStore
-    from .plots import head_heatmap, probe_accuracy_plot, save_html
-    from .probes import probe_sweep, split_heads
+    from .experiment import write_probe_sweep
 
     store = ActivationStore(args.store)
-    features = split_heads({s: store.load(s) for s in store.sites})
     labels = store.labels
-    if (labels < 0).any():
-        raise SystemExit("the store has records without labels; probes need harmful/benign labels")
     t0 = time.perf_counter()
-    table = probe_sweep(features, labels, n_folds=args.folds, seed=args.seed)
+    table = write_probe_sweep(store, args.out, n_folds=args.folds, seed=args.seed)
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "probes.csv", index=False)
-    save_html(probe_accuracy_plot(table), out / "probe_accuracy.html")
-    if (table["kind"] == "z").any():
-        save_html(head_heatmap(table), out / "head_heatmap.html")
     best = table.sort_values("accuracy", ascending=False).groupby("kind").head(1)
     print(f"probe sweep: {len(table)} sites, {args.folds}-fold, {len(labels)} examples "
           f"({int(labels.sum())} harmful) in {elapsed:.1f}s")

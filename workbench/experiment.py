@@ -162,14 +162,30 @@ def _records(exp: Experiment, split: str, n: int):
                              match_lengths=True)
 
 
+def write_probe_sweep(store, out: str | Path, n_folds: int = 5, seed: int = 0):
+    """Probe sweep over every site of ``store`` (heads split out) -> ``out/probes.csv`` (written last:
+    it marks the step done), ``probe_accuracy.html`` and, with head sites, ``head_heatmap.html``."""
+    from .plots import head_heatmap, probe_accuracy_plot, save_html
+    from .probes import probe_sweep, split_heads
+
+    if (store.labels < 0).any():
+        raise ValueError("the store has records without labels; probes need harmful/benign labels")
+    table = probe_sweep(split_heads({s: store.load(s) for s in store.sites}), store.labels, n_folds=n_folds, seed=seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_html(probe_accuracy_plot(table), out / "probe_accuracy.html")
+    if (table["kind"] == "z").any():
+        save_html(head_heatmap(table), out / "head_heatmap.html")
+    table.to_csv(out / "probes.csv", index=False)
+    return table
+
+
 def cache_and_probe(exp: Experiment, wb, out: Path):
     """Steps 1-3. Returns the probe table."""
     import pandas as pd
 
     from . import ActivationStore
     from .concepts import diff_means
-    from .plots import head_heatmap, probe_accuracy_plot, save_html
-    from .probes import probe_sweep, split_heads
 
     records = _records(exp, "train", exp.n_per_class)
     sites = expand_sites(exp.probe_sites, wb.n_layers)
@@ -180,16 +196,8 @@ def cache_and_probe(exp: Experiment, wb, out: Path):
                                   position=exp.position, labels=[r.label for r in records],
                                   ids=[r.id for r in records])
     table_path = out / "probes" / "probes.csv"
-    if table_path.is_file():
-        table = pd.read_csv(table_path)
-    else:
-        table = probe_sweep(split_heads({s: store.load(s) for s in store.sites}), store.labels,
-                            n_folds=exp.folds, seed=exp.seed)
-        table_path.parent.mkdir(parents=True, exist_ok=True)
-        save_html(probe_accuracy_plot(table), out / "probes" / "probe_accuracy.html")
-        if (table["kind"] == "z").any():
-            save_html(head_heatmap(table), out / "probes" / "head_heatmap.html")
-        table.to_csv(table_path, index=False)  # last: its presence marks the step done
+    table = pd.read_csv(table_path) if table_path.is_file() else write_probe_sweep(store, out / "probes", exp.folds,
+                                                                                   exp.seed)
     concepts = out / "concepts" / "harmful.safetensors"
     if not concepts.is_file():
         concepts.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +237,9 @@ def evaluate_run(exp: Experiment, name: str, run_dir: str | None, out: Path) -> 
     from .train import apply_run
 
     eval_path = out / "eval" / name / "eval.json"
+    erasure_dir = out / "erasure" / name
+    if eval_path.is_file() and (erasure_dir / "erasure.json").is_file():
+        return {**load_metrics(eval_path), "erasure": erasure(exp, None, erasure_dir)}
     wb = Workbench.load(exp.model)
     deployed = apply_run(run_dir, wb) if run_dir else {}
     if not eval_path.is_file():
@@ -237,7 +248,7 @@ def evaluate_run(exp: Experiment, name: str, run_dir: str | None, out: Path) -> 
                                gsm8k_tokens=exp.gsm8k_tokens)
         save_metrics(metrics, eval_path, wb.model_id, str(exp.eval_size), exp.seed)
     result = load_metrics(eval_path)
-    result["erasure"] = erasure(exp, wb, out / "erasure" / name, deployed)
+    result["erasure"] = erasure(exp, wb, erasure_dir, deployed)
     return result
 
 
