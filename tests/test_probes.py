@@ -21,7 +21,6 @@ from sklearn.preprocessing import StandardScaler
 
 from workbench import plots
 from workbench.probes import (
-    auroc_weighted,
     diff_means_directions,
     diff_means_separation,
     drop_dimensions,
@@ -32,8 +31,8 @@ from workbench.probes import (
     probe_sweep,
     probe_transfer,
     split_heads,
-    wilson_interval,
 )
+from workbench.stats import auroc_weighted, wilson_interval
 
 STRENGTHS = (0.0, 0.4, 1.0, 4.0)  # planted-concept strength per "layer": chance .. easy
 D_RESID, D_HEAD, MASSIVE = 48, 12, 7

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .probes import _check, _frame, _groups, _stack, _torch_scores, fit_predict, make_folds, score_metrics
+from .probes import _check, _frame, _groups, _stack, _torch_scores, fit_predict, make_folds
+from .stats import score_metrics
 
 
 def _one_hot(z, n: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import Record, jailbreak_suite, load_dataset
-from ..probes import wilson_interval
+from ..stats import wilson_interval
 from .judges import SubstringJudge
 
 SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)

@@ -1,0 +1,78 @@
+"""Classification metrics with confidence intervals, shared by probes, erasure checks and
+evaluations: Wilson score intervals, AUROC under many example weightings at once (bootstrap),
+and the per-site metric table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: np.ndarray, n: int, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for k successes out of n (vectorized over k)."""
+    p = np.asarray(k, dtype=float) / n
+    den = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / den
+    half = z / den * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return center - half, center + half
+
+
+def auroc_weighted(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of each score row under each example weighting (ties count 1/2).
+
+    scores ``[S, N]``, y ``[N]`` 0/1, weights ``[B, N]`` (e.g. bootstrap counts) -> ``[S, B]``.
+    Sorts each site once; every weighting is then a cumulative sum.
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    yy = torch.as_tensor(y, dtype=torch.float64)
+    S, N = s.shape
+    ss, order = s.sort(dim=1)
+    pos = yy[order]  # [S, N]
+    ar = torch.arange(N).expand(S, N)
+    new = torch.ones(S, N, dtype=torch.bool)
+    new[:, 1:] = ss[:, 1:] != ss[:, :-1]
+    start = torch.where(new, ar, torch.zeros_like(ar)).cummax(1).values  # first index of my tie group
+    last = torch.ones(S, N, dtype=torch.bool)
+    last[:, :-1] = new[:, 1:]
+    end = torch.where(last, ar, torch.full_like(ar, N)).flip(1).cummin(1).values.flip(1)  # last index
+    wpos_tot = w @ yy  # [B]
+    wneg_tot = w.sum(1) - wpos_tot
+    out = torch.empty(S, w.shape[0], dtype=torch.float64)
+    chunk = max(1, int(4e6 // max(1, w.numel())))
+    for a in range(0, S, chunk):
+        b = min(S, a + chunk)
+        ws = w[:, order[a:b]].transpose(0, 1)  # [s, B, N] weights in each site's sorted order
+        neg_cum = torch.nn.functional.pad(torch.cumsum(ws * (1 - pos[a:b, None]), 2), (1, 0))  # [s, B, N+1]
+        below = neg_cum.gather(2, start[a:b, None].expand_as(ws))
+        upto = neg_cum.gather(2, (end[a:b] + 1)[:, None].expand_as(ws))
+        out[a:b] = (ws * pos[a:b, None] * (below + 0.5 * (upto - below))).sum(2)
+    return (out / (wpos_tot * wneg_tot)).numpy()
+
+
+def score_metrics(
+    scores: np.ndarray, y: np.ndarray, fold_of: np.ndarray | None = None, n_boot: int = 200, seed: int = 0
+) -> pd.DataFrame:
+    """Accuracy (threshold 0), Wilson CI, AUROC with a seeded bootstrap CI, per score row.
+
+    scores ``[S, N]`` (logits: > 0 means class 1), y ``[N]``; fold_of ``[N]`` gives per-fold std.
+    """
+    S, N = scores.shape
+    correct = (scores > 0) == (y[None] == 1)  # [S, N]
+    k = correct.sum(1)
+    lo, hi = wilson_interval(k, N)
+    rng = np.random.default_rng(seed)
+    flat = (np.arange(n_boot)[:, None] * N + rng.integers(0, N, size=(n_boot, N))).ravel()
+    counts = np.vstack([np.ones((1, N)), np.bincount(flat, minlength=n_boot * N).reshape(n_boot, N)])
+    auc = auroc_weighted(scores, y, counts)
+    boot = auc[:, 1:]
+    df = pd.DataFrame({"n": N, "accuracy": k / N, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "auroc": auc[:, 0],
+                       "auroc_ci_low": np.nanpercentile(boot, 2.5, axis=1),
+                       "auroc_ci_high": np.nanpercentile(boot, 97.5, axis=1)})
+    if fold_of is not None:
+        accs = np.stack([correct[:, fold_of == f].mean(1) for f in np.unique(fold_of)], 1)
+        df["accuracy_fold_std"] = accs.std(1, ddof=1)
+    return df
