@@ -9,7 +9,8 @@ from workbench import ActivationStore, Workbench
 from workbench.concepts import (ConceptSet, WidthMismatch, common_prefix_length, latent_attribution,
                                 latents_by_attribution, latents_by_diff_encoding, latents_by_mean_diff, load_sae,
                                 paired_activations, saes_dir, train_sae)
-from workbench.concepts.sae import ActivationSource, cli_main, row_positions
+from workbench.concepts.sae import cli_main
+from workbench.concepts.sae_data import ActivationSource, row_positions
 from workbench.data import load_dataset
 
 SITE = "blocks.15.hook_resid_post"  # a middle layer of the 30
