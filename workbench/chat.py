@@ -30,6 +30,8 @@ class ChatBatch:
     post_instruction_mask: torch.Tensor
     padding_side: str
     texts: list[str]
+    offsets: torch.Tensor | None = None   # [batch, pos, 2] character span of each token in its text (-1 on padding)
+    user_spans: list[tuple[int, int]] | None = None  # (start, end) character span of each user message
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -49,7 +51,8 @@ class ChatBatch:
 class ChatFormatter:
     """Renders prompts (and optional responses) with the tokenizer's chat template.
 
-    ``system_prompt=None`` keeps the template's default (SmolLM2 inserts its own system message).
+    ``system_prompt=None`` keeps the template's default (SmolLM2 inserts its own system message);
+    ``system_prompt=""`` renders an empty system message, which turns such a default off.
     Tokenizers without a chat template fall back to plain text: no post-instruction tokens then.
     """
 
@@ -62,7 +65,7 @@ class ChatFormatter:
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
 
     def _messages(self, prompt: str, response: str | None) -> list[dict]:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         messages.append({"role": "user", "content": prompt})
         if response is not None:
             messages.append({"role": "assistant", "content": response})
@@ -100,7 +103,7 @@ class ChatFormatter:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-        rows, texts = [], []
+        rows, texts, spans = [], [], []
         for i, prompt in enumerate(prompts):
             text, user_end, prompt_end = self.render(prompt, None if responses is None else responses[i])
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -111,13 +114,15 @@ class ChatFormatter:
             ends = torch.tensor([e for _, e in offsets], dtype=torch.long)
             response = starts >= prompt_end
             post = (ends > user_end) & ~response if self.has_template else torch.zeros_like(response)
-            rows.append((torch.tensor(ids, dtype=torch.long), ~response, response, post))
+            rows.append((torch.tensor(ids, dtype=torch.long), ~response, response, post,
+                         torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)))
             texts.append(text)
+            spans.append((user_end - len(prompt), user_end))
         width = max(len(r[0]) for r in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         def pad(t: torch.Tensor, value) -> torch.Tensor:
-            fill = torch.full((width - len(t),), value, dtype=t.dtype)
+            fill = torch.full((width - len(t), *t.shape[1:]), value, dtype=t.dtype)
             return torch.cat([fill, t]) if padding_side == "left" else torch.cat([t, fill])
 
         return ChatBatch(
@@ -128,4 +133,6 @@ class ChatFormatter:
             post_instruction_mask=torch.stack([pad(r[3], False) for r in rows]),
             padding_side=padding_side,
             texts=texts,
+            offsets=torch.stack([pad(r[4], -1) for r in rows]),
+            user_spans=spans,
         )

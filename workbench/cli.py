@@ -1,7 +1,7 @@
 """The ``workbench`` command.
 
-    workbench demo [--out out/demo]                         the main job: the quick experiment
-    workbench experiment [FILE.yaml] [--quick] [--out DIR]  cache, probe, concepts, train, evaluate, compare
+    workbench demo [--out out/demo]                         the main job: the quick CAFT gender experiment
+    workbench experiment [FILE.yaml] [--quick] [--out DIR]  safety.yaml: cache, probe, train, evaluate; caft_*.yaml: CAFT generalization
     workbench cache --out DIR [--model M] [--harmful advbench,harmbench] [--benign benign_instructions]
                     [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
     workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
@@ -67,17 +67,26 @@ def default_experiment() -> Path:
 
 
 def cmd_experiment(args) -> Path:
+    from .generalization.experiment import is_generalization_file, run_generalization
+
+    methods = args.methods.split(",") if args.methods else None
+    if is_generalization_file(args.experiment):
+        return run_generalization(args.experiment, quick=args.quick, out=args.out, methods=methods)
     from .experiment import run_experiment
 
-    return run_experiment(args.experiment, quick=args.quick, out=args.out,
-                          methods=args.methods.split(",") if args.methods else None)
+    return run_experiment(args.experiment, quick=args.quick, out=args.out, methods=methods)
+
+
+def demo_experiment() -> Path:
+    """``examples/caft_gender.yaml`` of this checkout: the demo's experiment."""
+    return Path(__file__).resolve().parents[1] / "examples" / "caft_gender.yaml"
 
 
 def cmd_demo(args) -> Path:
-    """The main job: the quick end-to-end experiment on the embedded model."""
-    from .experiment import run_experiment
+    """The main job: the quick CAFT generalization experiment on the embedded model."""
+    from .generalization.experiment import run_generalization
 
-    report = run_experiment(default_experiment(), quick=True, out=args.out)
+    report = run_generalization(demo_experiment(), quick=True, out=args.out)
     print(f"\nreport: {report}\nresults table: {Path(report).parent / 'results.md'}")
     return report
 
@@ -157,10 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--seed", type=int, default=0)
 
-    demo = sub.add_parser("demo", help="the main job: the quick end-to-end experiment on the embedded model")
+    demo = sub.add_parser("demo", help="the main job: the quick CAFT generalization experiment (gender pronouns) "
+                                       "on the embedded model")
     demo.add_argument("--out", default="out/demo")
     demo.set_defaults(func=cmd_demo)
-    exp = sub.add_parser("experiment", help="cache, probe, find concepts, train each method, evaluate, compare")
+    exp = sub.add_parser("experiment", help="an experiment file: the safety comparison (examples/safety.yaml) or a "
+                         "CAFT generalization experiment (examples/caft_gender.yaml, a file with a task: key)")
     exp.add_argument("experiment", nargs="?", default=str(default_experiment()))
     exp.add_argument("--quick", action="store_true", help="the experiment file's quick sizes (minutes)")
     exp.add_argument("--out", default=None, help="experiment folder (default: its output_dir)")

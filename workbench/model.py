@@ -14,16 +14,17 @@ torch.Size([1, 576])
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import models
+from ._forward import decoder_and_head, hidden_states
 from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
-from .sites import POSITIONS, Site, parse_site, reduce_positions, rows_per_prompt
+from .sites import Site, check_position, parse_site, reduce_positions, rows_per_prompt
 
 # A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
 # ``as_hooks(wb) -> {site: fn}`` method (interventions) are accepted wherever hooks are.
@@ -148,6 +149,28 @@ class Workbench:
                                    self._backend_hooks(hooks) if hooks else ())
         return out.logits
 
+    def next_token_logits(self, prompts: Sequence[str], hooks=None, batch_size: int = 32,
+                          progress: bool = False) -> torch.Tensor:
+        """Logits ``[n, vocab]`` of the token after each chat-formatted prompt (the assistant's first
+        token). With the transformer_lens backend a batch's shared prefix runs once and the LM head
+        only at the last position (:mod:`workbench._forward`); same numbers as :meth:`forward`."""
+        if len(prompts) == 0:
+            raise ValueError("no prompts to score")
+        rows = []
+        fast = self.backend.name == "transformer_lens"
+        with self.hooks(hooks) if hooks is not None else nullcontext():
+            for lo in tqdm(range(0, len(prompts), batch_size), desc="score", disable=not progress):
+                chunk = list(prompts[lo:lo + batch_size])
+                if not fast:
+                    rows.append(self.forward(chunk)[:, -1].float().cpu())
+                    continue
+                batch = self.tokenize(chunk, padding_side="right").to(self._device())
+                with torch.no_grad():
+                    hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)
+                    last = hidden[torch.arange(len(chunk)), batch.last_index.to(hidden.device)]
+                    rows.append(decoder_and_head(self.model)[1](last).float().cpu())
+        return torch.cat(rows)
+
     def iter_capture(self, prompts: Sequence[str], sites: Sequence[str], position: str = "last",
                      batch_size: int = 8, responses: Sequence[str] | None = None, start: int = 0,
                      dtype: torch.dtype = torch.float32, progress: bool = True) -> Iterator[BatchCapture]:
@@ -157,8 +180,7 @@ class Workbench:
         inside the hook, so memory holds one batch of reduced activations at a time. The forward
         pass stops after the last block any site needs (no LM head when all sites are in blocks).
         """
-        if position not in POSITIONS:
-            raise ValueError(f"unknown position {position!r}; choose from {POSITIONS}")
+        check_position(position)
         if not sites:
             raise ValueError("no sites to capture")
         if len(prompts) == 0:

@@ -69,8 +69,46 @@ POSITIONS = ("last", "mean", "post_instruction", "post_instruction_mean", "all",
 RAGGED = ("all", "response")
 
 
+TOKEN_PREFIX = "token:"
+
+
+def is_position(position: str) -> bool:
+    return position in POSITIONS or (position.startswith(TOKEN_PREFIX) and len(position) > len(TOKEN_PREFIX))
+
+
+def check_position(position: str) -> None:
+    if not is_position(position):
+        raise ValueError(f"unknown position {position!r}; choose from {POSITIONS} or 'token:WORD' "
+                         f"('token:doctor|nurse': the last token of the first of these words in the user message)")
+
+
+def token_index(batch: ChatBatch, position: str) -> torch.Tensor:
+    """``[batch]`` index of the last token of the first whole-word occurrence, in each user message,
+    of one of the words of ``position`` = ``token:WORD|WORD2|...`` (case-insensitive)."""
+    import re
+
+    words = [w for w in position[len(TOKEN_PREFIX):].split("|") if w]
+    if batch.offsets is None or batch.user_spans is None:
+        raise ValueError(f"position {position!r} needs a batch with token offsets (Workbench.tokenize)")
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    out = []
+    for i, (text, (start, end)) in enumerate(zip(batch.texts, batch.user_spans)):
+        m = pattern.search(text, start, end)
+        if m is None:
+            raise ValueError(f"position {position!r}: prompt {i} does not contain any of {words}")
+        ends = batch.offsets[i, :, 1]
+        starts = batch.offsets[i, :, 0]
+        hit = ((starts < m.end()) & (ends > m.start())).nonzero().flatten()
+        out.append(int(hit[-1]))
+    return torch.tensor(out, dtype=torch.long)
+
+
 def position_mask(batch: ChatBatch, position: str) -> torch.Tensor:
     """``[batch, pos]`` bool mask of the tokens a position choice reads."""
+    if position.startswith(TOKEN_PREFIX):
+        mask = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+        mask[torch.arange(len(batch)), token_index(batch, position)] = True
+        return mask
     if position in ("mean", "all"):
         return batch.attention_mask.bool()
     if position.startswith("post_instruction"):
@@ -89,6 +127,8 @@ def reduce_positions(acts: torch.Tensor, batch: ChatBatch, position: str) -> tor
     """
     if position == "last":
         return acts[torch.arange(acts.shape[0]), batch.last_index.to(acts.device)]
+    if position.startswith(TOKEN_PREFIX):
+        return acts[torch.arange(acts.shape[0]), token_index(batch, position).to(acts.device)]
     mask = position_mask(batch, position).to(acts.device)
     if position in RAGGED:
         return acts[mask]

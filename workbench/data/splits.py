@@ -47,7 +47,13 @@ def load_dataset(name: str, split: str | None = None, seed: int = 0, limit: int 
 
     ``split`` keeps one of ``SPLITS`` (by :func:`assign_split` with ``seed``/``fractions``);
     ``limit`` keeps the first ``limit`` records after that. An empty result is an error.
+    Generated tasks (``gender_pronoun``, ``double_mc:{a}-{b}``, see :mod:`workbench.data.tasks`)
+    have the splits ``train`` / ``id_test`` / ``ood_test`` (``limit`` = number of records).
     """
+    from . import tasks
+
+    if tasks.is_task(name):
+        return tasks.load_task(name, split or "train", n=limit, seed=seed)
     _check_split(split)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")

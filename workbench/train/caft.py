@@ -1,21 +1,29 @@
-"""CAFT (Concept Ablation Fine-Tuning): LoRA fine-tuning with concept directions projected out.
+"""CAFT (Concept Ablation Fine-Tuning, Casademunt et al. 2025) and preventative steering.
 
-During training :class:`~workbench.interventions.Ablate` removes the span of the chosen directions
-from ``blocks.{l}.hook_resid_post`` for every ``l`` in ``caft_layers``, at all token positions; the
-hooks are removed afterwards, so the deployed model is the LoRA-tuned model without them.
+CAFT fine-tunes (LoRA, or every weight with ``caft_base: full``) while :class:`~workbench.interventions.Ablate`
+projects the chosen directions out of ``blocks.{l}.hook_resid_post`` at all token positions;
+the hooks are removed afterwards, so the deployed model runs without them. ``caft_mode: steer`` is
+the opposite answer (preventative steering, Persona Vectors, Chen et al. 2025): the concept's
+direction is *added* during training (``caft_steer_coef`` x the mean residual norm at that layer)
+and removed afterwards.
 
 Directions (``caft_concepts`` or ``caft_directions``):
 
-* ``caft_concepts``: a ConceptSet file (``workbench.concepts``; the concepts a person marked for
-  ablation), a saved :class:`~workbench.interventions.Ablate` folder (``save_concepts``), or a
-  ``.safetensors`` file with one ``[k, d_model]`` tensor per site name;
-* ``diffmeans``: mean harmful minus mean benign activation over the post-instruction tokens of the
-  training prompts (the refusal/harmfulness direction), one per layer;
+* ``caft_concepts``: a ConceptSet file (the concepts a person marked for ablation, or all), a saved
+  :class:`~workbench.interventions.Ablate` folder, or a ``.safetensors`` file with one ``[k, d]``
+  tensor per site (and optional ``mean/{site}`` vectors);
+* ``diffmeans``: mean(A) - mean(B) at ``caft_position`` for the two prompt sets of
+  ``caft_contrast: A,B`` (registry names or .jsonl files), else harmful minus benign training prompts;
 * ``random``: ``caft_n_directions`` seeded Gaussian directions per layer (baseline);
-* ``pca``: the top ``caft_n_directions`` principal components of the (centred) activations on the
-  training responses' tokens (the paper's "top components" baseline, not interpreted). On SmolLM2
-  the first component is essentially the massive-activation dimension 507: zero-ablating it
-  damages the model, ``caft_ablation: mean`` keeps its mean.
+* ``pca``: top components of the base model's activations (the paper's "top PCs" baseline);
+* ``pca_diff``: CAFT's route: top components of (fine-tuned - base) activations on the training
+  data, the fine-tuned model being the run folder ``caft_reference_run``.
+
+Every run logs, per ablated direction, the mean projection of the base model's activations on the
+training tokens (``caft_mean_projection`` in ``config.json``): where it is far from 0, zero
+ablation shifts the activations as steering would (Persona Vectors, App. J.1); ``caft_ablation:
+mean`` keeps that mean (computed over all positions of the training examples, the positions the
+ablation acts on, or given as ``caft_mean``).
 """
 
 from __future__ import annotations
@@ -24,28 +32,55 @@ from pathlib import Path
 
 import torch
 
-from ..interventions import Ablate, Intervention
-from .methods import LoraMethod
+from ..interventions import Ablate, Compose, Intervention, Steer
+from .methods import FullMethod, LoraMethod
 
 SITE = "blocks.{l}.hook_resid_post"
 ABLATION_DIR = "caft_ablation"
+STEER_DIR = "caft_steer"
+MAX_RECORDS = 64
 
 
 def caft_sites(layers) -> list[str]:
     return [SITE.format(l=l) for l in layers]
 
 
-def diffmeans_directions(wb, records, layers, max_per_class: int = 64, batch_size: int = 8) -> dict:
-    """``{site: [1, d]}``: mean(harmful) - mean(benign) at the post-instruction tokens."""
-    harm = [r.prompt for r in records if r.label == 1][:max_per_class]
-    good = [r.prompt for r in records if r.label == 0][:max_per_class]
-    if not harm or not good:
-        raise ValueError(f"caft_directions 'diffmeans' needs harmful and benign training prompts "
-                         f"(got {len(harm)} harmful, {len(good)} benign); give caft_concepts instead")
+def _examples(records, max_records: int = MAX_RECORDS, max_chars: int = 512):
+    recs = [r for r in records if r.response][:max_records]
+    if not recs:
+        raise ValueError("no training record has a response")
+    return [r.prompt for r in recs], [r.response[:max_chars] for r in recs]
+
+
+def _read_prompts(name: str):
+    from ..data import load_dataset
+    from .coca import read_jsonl
+
+    path = Path(name).expanduser()
+    return [r.prompt for r in (read_jsonl(path) if path.is_file() else load_dataset(name, split="train"))]
+
+
+def diffmeans_directions(wb, records, layers, position: str = "post_instruction_mean",
+                         contrast: str | None = None, max_per_class: int = MAX_RECORDS) -> dict:
+    """``{site: [1, d]}``: mean(A) - mean(B) at ``position``; A, B = ``contrast`` ("A,B") or the
+    harmful / benign training prompts."""
+    if contrast:
+        a_name, b_name = (c.strip() for c in contrast.split(","))
+        a_prompts, b_prompts = _read_prompts(a_name)[:max_per_class], _read_prompts(b_name)[:max_per_class]
+    else:
+        a_prompts = [r.prompt for r in records if r.label == 1][:max_per_class]
+        b_prompts = [r.prompt for r in records if r.label == 0][:max_per_class]
+    if not a_prompts or not b_prompts:
+        raise ValueError(f"caft_directions 'diffmeans' needs two non-empty prompt sets (got {len(a_prompts)} and "
+                         f"{len(b_prompts)}); give caft_contrast: A,B or caft_concepts")
+    from ..concepts import diff_means_between
+
     sites = caft_sites(layers)
-    a = wb.capture(harm, sites, position="post_instruction_mean", batch_size=batch_size, progress=False)
-    b = wb.capture(good, sites, position="post_instruction_mean", batch_size=batch_size, progress=False)
-    return {s: (a[s].mean(0) - b[s].mean(0))[None] for s in sites}
+    pos = "last" if position in ("response", "all") else position  # prompts alone have no response
+    a = wb.capture(a_prompts, sites, position=pos, progress=False)
+    b = wb.capture(b_prompts, sites, position=pos, progress=False)
+    cs = diff_means_between(a, b, sites)
+    return {s: cs.directions(s) for s in sites}
 
 
 def random_directions(wb, layers, k: int, seed: int) -> dict:
@@ -53,27 +88,35 @@ def random_directions(wb, layers, k: int, seed: int) -> dict:
     return {s: torch.randn(k, wb.d_model, generator=gen) for s in caft_sites(layers)}
 
 
-def response_activations(wb, records, sites, max_records: int = 32, max_chars: int = 512,
-                         batch_size: int = 8) -> dict:
-    """Activations ``[n_tokens, d]`` on the responses' tokens (responses cut to ``max_chars``)."""
-    recs = [r for r in records if r.response][:max_records]
-    if not recs:
-        raise ValueError("no training record has a response")
-    return wb.capture([r.prompt for r in recs], sites, position="response", batch_size=batch_size,
-                      responses=[r.response[:max_chars] for r in recs], progress=False)
+def token_activations(wb, records, sites, position: str = "all", max_records: int = MAX_RECORDS,
+                      max_chars: int = 512) -> dict:
+    """Activations ``[rows, d]`` of the training examples (prompt + response) at ``position``."""
+    prompts, responses = _examples(records, max_records, max_chars)
+    return wb.capture(prompts, sites, position=position, batch_size=8, responses=responses, progress=False)
 
 
-def pca_directions(wb, records, layers, k: int, max_records: int = 32, max_chars: int = 512) -> tuple[dict, dict]:
-    """Top-``k`` principal components (and the means) of response-token activations."""
-    sites = caft_sites(layers)
-    acts = response_activations(wb, records, sites, max_records, max_chars)
-    dirs, means = {}, {}
-    for s in sites:
-        x = acts[s].double()
-        mu = x.mean(0)
-        _, _, vh = torch.linalg.svd(x - mu, full_matrices=False)
-        dirs[s], means[s] = vh[:k].float(), mu.float()
-    return dirs, means
+def pca_directions(wb, records, layers, k: int, position: str = "response", max_chars: int = 512) -> dict:
+    """Top-``k`` principal components of the base model's activations (the "top PCs" baseline)."""
+    from ..concepts.pca import principal_components
+
+    acts = token_activations(wb, records, caft_sites(layers), position, max_chars=max_chars)
+    return {s: principal_components(acts[s], k)[0] for s in caft_sites(layers)}
+
+
+def pca_diff_directions(wb, records, layers, k: int, reference_run: str, position: str = "all",
+                        max_chars: int = 512) -> dict:
+    """CAFT's directions: top-``k`` components of (fine-tuned - base) activations on the training
+    examples; the fine-tuned model is ``reference_run`` applied to a fresh copy of the base."""
+    from ..concepts import pca_diff
+    from ..model import Workbench
+    from .trainer import apply_run
+
+    ft = Workbench.load(wb.model_id, system_prompt=wb.chat.system_prompt)
+    deployed = apply_run(reference_run, ft)
+    prompts, responses = _examples(records, max_chars=max_chars)
+    with ft.hooks(deployed):
+        cs = pca_diff(ft, wb, prompts, responses, caft_sites(layers), k=k, position=position)
+    return {s: cs.directions(s) for s in caft_sites(layers)}
 
 
 def save_concepts(directions: dict, path: str | Path, model_id: str | None = None) -> Path:
@@ -81,50 +124,81 @@ def save_concepts(directions: dict, path: str | Path, model_id: str | None = Non
     return Ablate(directions, model_id=model_id).save(path)
 
 
-def load_concepts(path: str | Path, sites: list[str] | None = None) -> dict:
-    """``{site: [k, d]}`` from a ConceptSet ``.safetensors`` file (the concepts marked for ablation
-    if any are marked, else all), a saved Ablate folder, or a ``.safetensors`` file keyed by site
-    names (or ``directions/{site}``)."""
+def load_concepts(path: str | Path, sites: list[str] | None = None) -> tuple[dict, dict | None]:
+    """``({site: [k, d]}, {site: [d]} or None)`` from a ConceptSet ``.safetensors`` file (the
+    concepts marked for ablation if any are marked, else all), a saved Ablate folder (its mean
+    too, if it has one), or a ``.safetensors`` file keyed by site names (or ``directions/{site}``,
+    with optional ``mean/{site}``)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"caft_concepts {path} does not exist")
+    mean = None
     if path.is_file():
         cs = _concept_set(path)
         if cs is not None:  # a ConceptSet file: its "use for ablation" marks choose the directions
             selected = any(getattr(c, "selected", False) for c in cs)
-            return {s: cs.directions(s, selected_only=selected) for s in (sites or cs.sites)}
+            want = sites or cs.sites
+            missing = [s for s in want if s not in cs.sites]
+            if missing:
+                raise ValueError(f"caft_concepts {path} has no concepts at {missing}; it has {cs.sites}")
+            return {s: cs.directions(s, selected_only=selected) for s in want}, None
         raw = load_file(str(path))
         dirs = {k.removeprefix("directions/"): v for k, v in raw.items() if not k.startswith("mean/")}
+        mean = {k.removeprefix("mean/"): v for k, v in raw.items() if k.startswith("mean/")} or None
     elif (path / "intervention.json").is_file():
         abl = Intervention.load(path)
         if not isinstance(abl, Ablate):
             raise ValueError(f"{path} holds a {type(abl).__name__}, not Ablate directions")
-        dirs = dict(abl.raw)
+        dirs, mean = dict(abl.raw), abl.mean
     else:
-        raise ValueError(f"caft_concepts {path}: not a saved Ablate folder nor a .safetensors file")
+        raise ValueError(f"caft_concepts {path}: not a ConceptSet, a saved Ablate folder nor a .safetensors file")
     if sites is not None:
         missing = [s for s in sites if s not in dirs]
         if missing:
             raise ValueError(f"caft_concepts {path} has no directions for {missing}; it has {sorted(dirs)}")
         dirs = {s: dirs[s] for s in sites}
-    return dirs
+    return dirs, mean
+
+
+def load_means(path: str | Path, sites: list[str]) -> dict:
+    """``{site: [d]}`` from a safetensors file keyed by site names or ``mean/{site}``."""
+    from safetensors.torch import load_file
+
+    raw = {k.removeprefix("mean/"): v for k, v in load_file(str(path)).items()}
+    missing = [s for s in sites if s not in raw]
+    if missing:
+        raise ValueError(f"caft_mean {path} has no mean for {missing}; it has {sorted(raw)}")
+    return {s: raw[s].reshape(-1).float() for s in sites}
 
 
 def _concept_set(path: Path):
-    """A ConceptSet from ``path`` if the concepts package is there and the file is one, else None."""
-    try:
-        from ..concepts import ConceptSet  # type: ignore
-    except ImportError:
-        return None
+    """A ConceptSet from ``path`` if the file is one, else None."""
+    from ..concepts import ConceptSet
+
     try:
         return ConceptSet.load(path)
     except (ValueError, KeyError):
         return None
 
 
-class CaftMethod(LoraMethod):
+def steering_vectors(dirs: dict, signs_from: dict | None, coef: float, norms: dict) -> dict:
+    """``{site: [d]}``: the unit vector of each site's first direction (signed so that ``signs_from``
+    projects positively on it, when given), times ``coef`` x the site's mean residual norm."""
+    out = {}
+    for s, d in dirs.items():
+        v = d.reshape(-1, d.shape[-1])[0].float()
+        v = v / v.norm()
+        if signs_from is not None and float(signs_from[s] @ v) < 0:
+            v = -v
+        out[s] = v * coef * float(norms[s])
+    return out
+
+
+class CaftMixin:
+    """Directions found in :meth:`prepare`, ablated (or added) while training."""
+
     name = "caft"
 
     def prepare(self) -> None:
@@ -134,34 +208,63 @@ class CaftMethod(LoraMethod):
         if bad:
             raise ValueError(f"caft_layers {bad} out of range: {wb.model_id!r} has {wb.n_layers} layers")
         mean = None
+        k = r.caft_n_directions or 1
         if r.caft_concepts is not None:
-            dirs = load_concepts(r.caft_concepts, caft_sites(layers) if layers else None)
+            dirs, mean = load_concepts(r.caft_concepts, caft_sites(layers) if layers else None)
             source = f"file:{r.caft_concepts}"
+        elif r.caft_directions == "diffmeans":
+            dirs = diffmeans_directions(wb, self.records, layers, r.caft_position
+                                        if r.caft_position != "response" else "post_instruction_mean",
+                                        r.caft_contrast)
+            source = "diffmeans" + (f":{r.caft_contrast}" if r.caft_contrast else "")
+        elif r.caft_directions == "random":
+            dirs, source = random_directions(wb, layers, k, r.seed), "random"
+        elif r.caft_directions == "pca":
+            dirs, source = pca_directions(wb, self.records, layers, k, r.caft_position, 4 * r.cutoff_len), "pca"
         else:
-            k = r.caft_n_directions or 1
-            if r.caft_directions == "diffmeans":
-                dirs = diffmeans_directions(wb, self.records, layers)
-            elif r.caft_directions == "random":
-                dirs = random_directions(wb, layers, k, r.seed)
-            else:
-                dirs, mean = pca_directions(wb, self.records, layers, k, max_chars=4 * r.cutoff_len)
-            source = r.caft_directions
-        if r.caft_ablation == "mean" and mean is None:
-            mean = self._means(list(dirs))
-        self.ablate = Ablate(dirs, mean=mean if r.caft_ablation == "mean" else None, model_id=wb.model_id)
-        self.ablate.check(wb)  # widths against the model, before any training
-        self.info.update(caft_sites=self.ablate.sites, caft_source=source, caft_ablation=r.caft_ablation,
-                         caft_k={s: int(q.shape[1]) for s, q in self.ablate.Q.items()})
-        super().prepare()  # LoRA after the directions: they come from the base model
+            dirs = pca_diff_directions(wb, self.records, layers, k, r.caft_reference_run, r.caft_position,
+                                       4 * r.cutoff_len)
+            source = f"pca_diff:{r.caft_reference_run}"
+        sites = list(dirs)
+        # statistics of the base model's activations at every position of the training examples
+        acts = token_activations(wb, self.records, sites, "all", max_chars=4 * r.cutoff_len)
+        token_mean = {s: acts[s].mean(0) for s in sites}
+        norms = {s: float(acts[s].norm(dim=-1).mean()) for s in sites}
+        if r.caft_mean is not None:
+            mean = load_means(r.caft_mean, sites)
+        elif mean is None:
+            mean = token_mean
+        probe = Ablate(dirs, model_id=wb.model_id)
+        projection = {s: (token_mean[s] @ probe.Q[s]).tolist() for s in sites}
+        if r.caft_mode == "steer":
+            vecs = steering_vectors(dirs, token_mean if r.caft_directions != "pca_diff" else None,
+                                    r.caft_steer_coef, norms)
+            self.hooks = Compose(*[Steer(s, v, model_id=wb.model_id) for s, v in vecs.items()])
+        else:
+            self.hooks = Ablate(dirs, mean=mean if r.caft_ablation == "mean" else None, model_id=wb.model_id)
+        self.hooks.check(wb)  # widths against the model, before any training
+        self.info.update(caft_sites=sites, caft_source=source, caft_mode=r.caft_mode,
+                         caft_ablation=r.caft_ablation, caft_base=r.caft_base,
+                         caft_k={s: int(q.shape[1]) for s, q in probe.Q.items()},
+                         caft_mean_projection=projection, caft_resid_norm=norms)
+        super().prepare()  # LoRA (or unfreezing) after the directions: they come from the base model
 
-    def _means(self, sites) -> dict:
-        acts = response_activations(self.wb, self.records, sites, max_chars=4 * self.recipe.cutoff_len)
-        return {s: acts[s].mean(0) for s in sites}
+    @property
+    def ablate(self) -> Intervention:
+        return self.hooks
 
     def training_hooks(self):
-        return self.ablate
+        return self.hooks
 
     def finalize(self, run_dir: Path) -> dict:
         super().finalize(run_dir)
-        self.ablate.save(run_dir / ABLATION_DIR)
-        return {"caft_sites": self.ablate.sites}
+        self.hooks.save(run_dir / (STEER_DIR if self.recipe.caft_mode == "steer" else ABLATION_DIR))
+        return {"caft_sites": self.info["caft_sites"], "caft_mode": self.recipe.caft_mode}
+
+
+class CaftMethod(CaftMixin, LoraMethod):
+    """CAFT on LoRA (``caft_base: lora``, the default)."""
+
+
+class CaftFullMethod(CaftMixin, FullMethod):
+    """CAFT with every weight trained (``caft_base: full``, as the paper)."""

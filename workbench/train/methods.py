@@ -192,7 +192,11 @@ class TrainModule(nn.Module):
         self.extras = extras if extras is not None else nn.Module()
 
     def forward(self, input_ids, attention_mask=None, labels=None):
-        return self.core(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+        if labels is None:
+            return self.core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        from .loss import response_loss
+
+        return {"loss": response_loss(self.core, input_ids, attention_mask, labels)}
 
 
 class LoraMethod(Method):
@@ -246,8 +250,9 @@ def unfreeze(model: nn.Module, flags: dict[int, bool]) -> None:
 
 
 def make_method(wb, recipe: Recipe, records) -> Method:
-    from .caft import CaftMethod
+    from .caft import CaftFullMethod, CaftMethod
     from .lofit import LofitMethod
 
-    cls = {"lora": LoraMethod, "full": FullMethod, "lofit": LofitMethod, "caft": CaftMethod}[recipe.finetuning_type]
+    caft = CaftFullMethod if recipe.caft_base == "full" else CaftMethod
+    cls = {"lora": LoraMethod, "full": FullMethod, "lofit": LofitMethod, "caft": caft}[recipe.finetuning_type]
     return cls(wb, recipe, records)

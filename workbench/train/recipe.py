@@ -28,7 +28,9 @@ from ..models import DEFAULT_MODEL
 
 FINETUNING_TYPES = ("lora", "full", "lofit", "caft")
 LOFIT_COMPONENTS = ("A", "v")
-CAFT_DIRECTIONS = ("diffmeans", "random", "pca")
+CAFT_DIRECTIONS = ("diffmeans", "random", "pca", "pca_diff")
+CAFT_BASES = ("lora", "full")
+CAFT_MODES = ("ablate", "steer")
 COCA_VARIANTS = ("normal", "normal_warm", "think", "think_warm")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -54,6 +56,7 @@ class Recipe:
     coca_variant: str | None = None           # normal | normal_warm | think | think_warm (see coca.py)
     max_samples: int | None = None            # per dataset, a seeded random sample
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
+    system_prompt: str | None = None          # chat system message; null = the template's default, "" = none
     # --- LoRA (lora and caft)
     lora_rank: int = 8
     lora_alpha: int | None = None             # default 2 * lora_rank
@@ -67,11 +70,18 @@ class Recipe:
     lofit_l1_lambda: float = 1e-3
     lofit_init_std: float = 1e-3
     # --- CAFT
-    caft_concepts: str | None = None          # saved Ablate folder or safetensors {site: [k, d]}
+    caft_concepts: str | None = None          # ConceptSet file, saved Ablate folder or safetensors {site: [k, d]}
     caft_layers: list[int] | None = None      # ablate at blocks.{l}.hook_resid_post
-    caft_directions: str = "diffmeans"        # diffmeans | random | pca (when caft_concepts is not given)
-    caft_n_directions: int | None = None      # k per layer for random / pca (default 1)
+    caft_directions: str = "diffmeans"        # diffmeans | random | pca | pca_diff (when caft_concepts is not given)
+    caft_n_directions: int | None = None      # k per layer for random / pca / pca_diff (default 1)
     caft_ablation: str = "zero"               # zero: x - (x Q) Q^T | mean: x - ((x - mu) Q) Q^T
+    caft_base: str = "lora"                   # what CAFT fine-tunes: lora | full
+    caft_mode: str = "ablate"                 # ablate (CAFT) | steer (preventative steering: add the concept)
+    caft_steer_coef: float = 1.0              # steer: added norm, as a multiple of the mean residual norm there
+    caft_reference_run: str | None = None     # pca_diff: the fine-tuned run folder compared with the base model
+    caft_position: str = "response"           # tokens the directions / mean / norms are read at (all, response, last, ...)
+    caft_contrast: str | None = None          # diffmeans: "A,B" two prompt sets (registry names / .jsonl), mean(A) - mean(B)
+    caft_mean: str | None = None              # mean ablation: a safetensors {site: [d]} to use as the mean
     # --- warm start
     warm_start_from: str | None = None        # a previous run folder: start from its trained parameters
     # --- optimisation
@@ -145,6 +155,8 @@ class Recipe:
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS, source)
         _choice("caft_directions", self.caft_directions, CAFT_DIRECTIONS, source)
         _choice("caft_ablation", self.caft_ablation, ("zero", "mean"), source)
+        _choice("caft_base", self.caft_base, CAFT_BASES, source)
+        _choice("caft_mode", self.caft_mode, CAFT_MODES, source)
         if self.dataset_split is not None:
             _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
         if self.coca_variant is not None:
@@ -160,7 +172,7 @@ class Recipe:
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")
         need(self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 or -1, got {self.max_steps}")
-        if self.finetuning_type in ("lora", "caft"):
+        if self.finetuning_type == "lora" or (self.finetuning_type == "caft" and self.caft_base == "lora"):
             targets = self.lora_targets()
             bad = [t for t in targets if t not in LORA_MODULES]
             need(not bad, f"lora_target: unknown module(s) {bad}; use 'all' or names from {LORA_MODULES}")
@@ -184,6 +196,13 @@ class Recipe:
                 need(self.caft_directions != "diffmeans" or self.caft_n_directions == 1 or self.caft_concepts,
                      "caft_directions 'diffmeans' gives one direction per layer; set caft_n_directions: 1 "
                      "or use random / pca")
+            need(self.caft_directions != "pca_diff" or self.caft_concepts is not None
+                 or self.caft_reference_run is not None,
+                 "caft_directions 'pca_diff' needs caft_reference_run: the fine-tuned run folder whose "
+                 "activations minus the base model's give the directions")
+            need(self.caft_contrast is None or len(self.caft_contrast.split(",")) == 2,
+                 "caft_contrast names two prompt sets, 'A,B' (registry names or .jsonl files)")
+            need(self.caft_steer_coef > 0, "caft_steer_coef must be > 0")
         else:
             for key in ("caft_concepts", "caft_layers"):
                 need(getattr(self, key) is None,
@@ -288,4 +307,5 @@ def _convert(value, tp) -> tuple[bool, Any]:
 
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "FINETUNING_TYPES", "LOFIT_COMPONENTS", "CAFT_DIRECTIONS",
+           "CAFT_BASES", "CAFT_MODES",
            "COCA_VARIANTS", "LORA_MODULES"]

@@ -186,8 +186,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> TrainResult:
     """Run one recipe (a YAML path, dict or :class:`Recipe`) and return a :class:`TrainResult`.
 
-    ``wb``: an already loaded :class:`~workbench.Workbench` to train in place (default: load
-    ``model_name_or_path``). ``callbacks``: extra ``transformers.TrainerCallback`` s.
+    ``wb``: an already loaded :class:`~workbench.Workbench` to train **in place** (default: load
+    ``model_name_or_path``): afterwards it holds the trained model and ``wb.trained_by`` names the
+    run; training it again is an error (load a fresh one). ``callbacks``: extra
+    ``transformers.TrainerCallback`` s.
     """
     from transformers import set_seed
 
@@ -198,14 +200,22 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
     resume = _prepare_run_dir(run_dir, recipe)
     set_seed(recipe.seed)
     if wb is None:
-        wb = Workbench.load(recipe.model_name_or_path)
-    elif recipe.model_name_or_path != wb.model_id:
-        raise RecipeError(f"model_name_or_path is {recipe.model_name_or_path!r} but the given Workbench holds "
-                          f"{wb.model_id!r}")
+        wb = Workbench.load(recipe.model_name_or_path, system_prompt=recipe.system_prompt)
+    else:
+        if recipe.model_name_or_path != wb.model_id:
+            raise RecipeError(f"model_name_or_path is {recipe.model_name_or_path!r} but the given Workbench holds "
+                              f"{wb.model_id!r}")
+        if getattr(wb, "trained_by", None) is not None:
+            raise RecipeError(f"this Workbench was already changed in place by the training run {wb.trained_by}; "
+                              f"train on a fresh one (Workbench.load) or leave wb unset")
+        if recipe.system_prompt is not None and wb.chat.system_prompt != recipe.system_prompt:
+            raise RecipeError(f"the recipe's system_prompt {recipe.system_prompt!r} differs from the given "
+                              f"Workbench's {wb.chat.system_prompt!r}")
 
     records = sft_data.build_records(recipe)
     examples = sft_data.encode(wb, records, recipe.cutoff_len)
     method = make_method(wb, recipe, records)
+    wb.trained_by = run_dir
     try:
         return _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, progress)
     finally:
@@ -255,7 +265,7 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
         data_seed=recipe.seed, logging_steps=recipe.logging_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, report_to=recipe.report_to,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not progress, label_names=["labels"])
+        disable_tqdm=not progress, label_names=["labels"], optim="adamw_torch_fused")
     WorkbenchTrainer, MetricsCallback = _trainer_classes()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE)
     trainer = WorkbenchTrainer(model=module, args=args, train_dataset=sft_data.SFTDataset(examples),
@@ -331,15 +341,17 @@ def apply_run(run_dir: str | Path, wb) -> Compose:
     if cfg.get("model_id") != wb.model_id:
         warnings.warn(f"run {run_dir} trained {cfg.get('model_id')!r}; applying it to {wb.model_id!r}", stacklevel=2)
     ft = cfg["recipe"]["finetuning_type"]
+    if ft == "caft":  # CAFT's trained state is its base method's (LoRA adapter or full weights)
+        ft = cfg["recipe"].get("caft_base", "lora")
     lofit_v = ft == "lofit" and cfg["recipe"].get("lofit_component") == "v"
     from .lofit import BIAS_DIR
 
-    needed = {"lora": ADAPTER_DIR, "caft": ADAPTER_DIR, "full": MODEL_DIR}.get(ft) or (BIAS_DIR if lofit_v else None)
+    needed = {"lora": ADAPTER_DIR, "full": MODEL_DIR}.get(ft) or (BIAS_DIR if lofit_v else None)
     if needed and not (run_dir / needed).is_dir():
         raise RunFolderError(f"run {run_dir} has no {needed}/ folder: the run did not finish (resume it with "
                              f"resume_from_checkpoint: true) or the folder is incomplete")
     items: list[Intervention] = []
-    if ft in ("lora", "caft"):
+    if ft == "lora":
         load_adapter(wb, run_dir / ADAPTER_DIR)
     elif ft == "full":
         load_full_weights(wb, run_dir / MODEL_DIR)

@@ -1,0 +1,57 @@
+"""Decoder forward passes that skip work whose result is not used, exactly.
+
+* **Shared prefix**: when every row of a right-padded batch starts with the same tokens (the chat
+  template's system turn, a task's fixed instruction), that prefix runs once at batch 1 and its
+  key/value cache is broadcast to the batch (views, no copies). With gradients on, they flow
+  through the shared prefix as through B copies. Hooks fire on both calls, so an intervention on
+  every position (CAFT's ablation) still sees every position.
+* **Logits only where read**: callers apply the unembedding (a ``[d_model, vocab]`` GEMM, ~20% of
+  a 135M model's FLOPs per token) to the positions they need, not to all of them.
+
+``tests/test_forward.py`` compares both with the plain HF forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> int:
+    """Number of leading positions where every row has the same real token."""
+    same = (input_ids == input_ids[:1]).all(0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(0)
+    if bool(same.all()):
+        return int(same.numel())
+    return int(same.int().argmin())
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack (``model.model``) and the unembedding of a HF causal LM or a peft model."""
+    get = getattr(model, "get_base_model", None)
+    base = get() if get is not None else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  share_prefix: bool = True) -> torch.Tensor:
+    """Final hidden states ``[batch, pos, d_model]`` (after the last norm) of a right-padded batch."""
+    decoder, _ = decoder_and_head(model)
+    b, t = input_ids.shape
+    p = min(shared_prefix_length(input_ids, attention_mask), t - 1) if share_prefix and b > 1 else 0
+    if p < MIN_SHARED_PREFIX:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    from transformers import DynamicCache
+
+    first = decoder(input_ids=input_ids[:1, :p], use_cache=True, past_key_values=DynamicCache())
+    cache = first.past_key_values
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(b, *layer.keys.shape[1:])
+        layer.values = layer.values.expand(b, *layer.values.shape[1:])
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    rest = decoder(input_ids=input_ids[:, p:], attention_mask=mask, past_key_values=cache, use_cache=True,
+                   cache_position=torch.arange(p, t, device=input_ids.device))
+    return torch.cat([first.last_hidden_state.expand(b, -1, -1), rest.last_hidden_state], 1)

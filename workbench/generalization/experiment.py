@@ -1,0 +1,329 @@
+"""CAFT in its own setting: steer what fine-tuning generalizes to on a spurious-correlation task.
+
+    workbench experiment examples/caft_gender.yaml [--quick] [--out DIR]
+
+Per training seed:
+
+1. ``train/{seed}/plain``: plain fine-tuning on the task's training split (both cues agree);
+2. ``concepts/{seed}/pca_diff.safetensors``: CAFT's directions, the top principal components of
+   (fine-tuned - base) activations on the training examples at every CAFT layer (no OOD data);
+   each scored by how well it separates the spurious attribute and the intended one on the
+   training prompts (``attributes.json``), then chosen automatically (``probe_pick``: the
+   components about the spurious attribute) and, where the file gives one, by a person
+   (``person_pick``, from the top-activating examples in ``concepts/{seed}/examples.html``);
+3. ``train/{seed}/{method}``: every other method, a recipe built from ``recipe`` + its overrides;
+   ``@probe_pick`` / ``@person_pick`` / ``@top_pcs`` / ``@random`` in ``caft_concepts`` name the
+   ConceptSets of this seed (top PCs and random directions get as many directions per layer as
+   the probe's pick: a matched control);
+4. ``eval/{seed}/{method}.json``: ID / OOD accuracy and the flipped (spurious) rate from the A-vs-B
+   (or pronoun-vs-pronoun) next-token logits, with Wilson intervals; CAFT runs also with the
+   ablation kept at inference, and the leakage check (probe of the spurious attribute on the
+   complement of the ablated subspace);
+5. ``results.json``, ``results.md``, ``report.html`` (plotly: ID / OOD per method, mean over seeds
+   with the per-seed spread and the pooled Wilson interval).
+
+A finished step is skipped when the experiment runs again (interrupted runs resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models import DEFAULT_MODEL
+
+REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random")
+PLAIN = "plain"
+
+
+class GeneralizationError(ValueError):
+    """An experiment file with an unknown key, a wrong type or a method that cannot run."""
+
+
+@dataclass
+class GeneralizationExperiment:
+    """One generalization experiment file (YAML); ``quick`` holds the keys ``--quick`` replaces."""
+
+    task: str = "gender_pronoun"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = "runs/caft_gender"
+    model: str = DEFAULT_MODEL
+    system_prompt: str | None = ""
+    n_train: int = 400
+    n_test: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    layers: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    n_components: int = 10
+    concept_position: str = "all"
+    attributes: dict[str, str] = field(default_factory=lambda: {"spurious": "stereotype", "intended": "case"})
+    pick_min_score: float = 0.65
+    recipe: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    person_pick: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    leakage_n: int = 160
+    quick: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "experiment", quick: bool = False) -> GeneralizationExperiment:
+        if not isinstance(data, dict):
+            raise GeneralizationError(f"{source}: an experiment is a mapping of keys to values")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in [*data, *(data.get("quick") or {})]:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise GeneralizationError(f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)"
+                                          if close else "") + f". Known keys: {', '.join(known)}")
+        if quick:
+            data = {**data, **(data.get("quick") or {})}
+        defaults = cls()
+        for key, value in data.items():
+            want = type(getattr(defaults, key))
+            if value is None and key == "system_prompt":
+                continue
+            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+                raise GeneralizationError(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
+        exp = cls(**data)
+        if PLAIN not in exp.methods:
+            exp.methods = {PLAIN: {}, **exp.methods}
+        for name, over in exp.methods.items():
+            if not isinstance(over, dict):
+                raise GeneralizationError(f"{source}: method {name!r} must map recipe keys to values, got {over!r}")
+        if not exp.seeds:
+            raise GeneralizationError(f"{source}: seeds is empty")
+        from ..data.tasks import TASKS, is_task
+
+        if not is_task(exp.task):
+            raise GeneralizationError(f"{source}: task {exp.task!r} is not a generated task; choose from {TASKS}")
+        return exp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, quick: bool = False) -> GeneralizationExperiment:
+        from .._files import parse_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment file {path} does not exist")
+        return cls.from_dict(parse_file(path, GeneralizationError, "yaml") or {}, source=str(path), quick=quick)
+
+    @property
+    def sites(self) -> list[str]:
+        return [f"blocks.{l}.hook_resid_post" for l in self.layers]
+
+
+def is_generalization_file(path: str | Path) -> bool:
+    """Whether an experiment YAML file is a generalization experiment (it names a ``task``)."""
+    from .._files import parse_file
+
+    data = parse_file(Path(path), GeneralizationError, "yaml") or {}
+    return isinstance(data, dict) and "task" in data
+
+
+# ---------------------------------------------------------------------- data
+def task_records(exp: GeneralizationExperiment, split: str, seed: int) -> list:
+    from ..data.tasks import load_task
+
+    n = exp.n_train if split == "train" else exp.n_test
+    return load_task(exp.task, split, n=n, seed=seed if split == "train" else 1000, **exp.task_options)
+
+
+def attribute_labels(records, attributes: dict[str, str]) -> dict[str, list[int]]:
+    """``{role: [n] 0/1}`` from each record's ``meta[attribute]`` (two values; the first seen in
+    sorted order is 0)."""
+    out = {}
+    for role, key in attributes.items():
+        values = [r.meta.get(key) for r in records]
+        levels = sorted({str(v) for v in values})
+        if len(levels) != 2:
+            raise GeneralizationError(f"attribute {key!r} needs two values in the training data, got {levels}")
+        out[role] = [levels.index(str(v)) for v in values]
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _load(exp: GeneralizationExperiment):
+    from ..model import Workbench
+
+    return Workbench.load(exp.model, system_prompt=exp.system_prompt)
+
+
+# ---------------------------------------------------------------------- steps
+def recipe_for(exp: GeneralizationExperiment, method: str, seed: int, out: Path, concepts: dict[str, Path],
+               k: int) -> dict:
+    over = dict(exp.methods[method])
+    rec = {"model_name_or_path": exp.model, "system_prompt": exp.system_prompt, "dataset_split": None,
+           "dataset": str(out / "data" / f"train_{seed}.jsonl"), "output_dir": str(out / "train" / str(seed) / method),
+           "overwrite_output_dir": True, "seed": seed, "save_steps": 10_000, "logging_steps": 5,
+           **exp.recipe, **over}
+    if rec.get("finetuning_type") == "caft":
+        rec.setdefault("caft_layers", list(exp.layers))
+        ref = rec.get("caft_concepts")
+        if isinstance(ref, str) and ref.startswith("@"):
+            if ref not in concepts:
+                raise GeneralizationError(f"method {method!r}: caft_concepts {ref} is not available for seed {seed} "
+                                          f"(known: {', '.join(REFS)}; @person_pick needs person_pick for this seed)")
+            rec["caft_concepts"] = str(concepts[ref])
+        if rec.get("caft_directions") == "pca_diff" and "caft_reference_run" not in rec:
+            rec["caft_reference_run"] = str(out / "train" / str(seed) / PLAIN)
+        if rec.get("caft_n_directions") == "@k":
+            rec["caft_n_directions"] = k
+    return rec
+
+
+def train_method(exp, method: str, seed: int, out: Path, concepts: dict[str, Path], k: int) -> Path:
+    from ..train import train
+
+    rec = recipe_for(exp, method, seed, out, concepts, k)
+    run = Path(rec["output_dir"])
+    if (run / "summary.json").is_file():
+        return run
+    print(f"[experiment] seed {seed}: training {method}", flush=True)
+    train(rec, progress=False)
+    return run
+
+
+def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path], int, dict]:
+    """PCA of (plain - base) on the training data, attribute scores, the automatic and the person's
+    picks, and the matched-k controls; returns ``({ref: file}, k, info)``."""
+    from ..concepts import ConceptSet, pca_diff, random_directions
+    from ..train import apply_run
+    from .selection import attribute_scores, probe_pick
+
+    folder = out / "concepts" / str(seed)
+    info_path = folder / "concepts.json"
+    refs = {r: folder / f"{r[1:]}.safetensors" for r in REFS}
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        return {r: p for r, p in refs.items() if p.is_file()}, info["k"], info
+    base, ft = _load(exp), _load(exp)
+    with ft.hooks(apply_run(out / "train" / str(seed) / PLAIN, ft)):
+        recs = [r for r in train_recs if r.response][:64]
+        cs = pca_diff(ft, base, [r.prompt for r in recs], [r.response for r in recs], exp.sites,
+                      k=exp.n_components, position=exp.concept_position)
+        score_recs = train_recs[: exp.leakage_n]
+        acts = ft.capture([r.prompt for r in score_recs], exp.sites, position="last", progress=False)
+    labels = attribute_labels(score_recs, exp.attributes)
+    scores = attribute_scores(cs, dict(acts), labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    cs.save(folder / "pca_diff.safetensors")
+    picked_cs, picked = probe_pick(cs, scores, "spurious", "intended", exp.pick_min_score)
+    picked_cs.for_ablation().save(refs["@probe_pick"])
+    per_site = {s: sum(1 for n in picked if cs[n].site == s) for s in exp.sites}
+    k = max(1, round(sum(per_site.values()) / len(per_site)))
+    ConceptSet([c for s in exp.sites for c in list(cs.select(site=s))[:k]]).save(refs["@top_pcs"])
+    rnd = ConceptSet()
+    for i, s in enumerate(exp.sites):
+        rnd = rnd + random_directions(s, base.d_model, k=k, seed=1000 * seed + i, model_id=exp.model)
+    rnd.save(refs["@random"])
+    person = exp.person_pick.get(str(seed)) or exp.person_pick.get(seed)  # type: ignore[call-overload]
+    if person:
+        chosen = [c.name for s, idx in person.items() for j, c in enumerate(cs.select(site=s)) if j in idx]
+        cs.select(chosen).save(refs["@person_pick"])
+    info = {"k": k, "probe_pick": picked, "person_pick": person or None, "per_site_probe_pick": per_site,
+            "scores": scores}
+    _write_json(info_path, info)
+    _write_examples(ft_path=out / "train" / str(seed) / PLAIN, exp=exp, cs=cs, recs=score_recs,
+                    path=folder / "examples.html")
+    return {r: p for r, p in refs.items() if p.is_file()}, k, info
+
+
+def _write_examples(ft_path: Path, exp, cs, recs, path: Path, top: int = 6) -> None:
+    """For a person's pick: per component, the training prompts whose last token projects most
+    (and least) on it."""
+    import html
+
+    from ..train import apply_run
+
+    ft = _load(exp)
+    with ft.hooks(apply_run(ft_path, ft)):
+        acts = ft.capture([r.prompt for r in recs], exp.sites, position="last", progress=False)
+    parts = ["<html><meta charset='utf-8'><body style='font-family:sans-serif'>",
+             "<h2>Top-activating training prompts per component (last prompt token)</h2>"]
+    for site in cs.sites:
+        for j, c in enumerate(cs.select(site=site)):
+            proj = acts[site] @ c.direction
+            order = proj.argsort(descending=True).tolist()
+            parts.append(f"<h3>{html.escape(site)} component {j} (variance share {c.score:.3f})</h3><ul>")
+            for tag, idx in (("+", order[:top]), ("-", order[-top:])):
+                for i in idx:
+                    sent = recs[i].prompt.split("\n")[1]
+                    parts.append(f"<li>{tag} {proj[i]:.2f}: {html.escape(sent)} "
+                                 f"(answer {html.escape(str(recs[i].meta.get('correct')))})</li>")
+            parts.append("</ul>")
+    path.write_text("\n".join(parts) + "</body></html>")
+
+
+def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=None) -> dict:
+    """Choice metrics of a run folder (None: the untouched model); CAFT runs also with the ablation
+    kept at inference and the leakage check."""
+    from ..evals.choice import evaluate_choice
+    from ..interventions import Ablate, Intervention
+    from ..train import apply_run
+    from .selection import leakage_check
+
+    if out_path.is_file():
+        return json.loads(out_path.read_text())
+    wb = _load(exp)
+    deployed = apply_run(run, wb) if run is not None else None
+    res = {"run": str(run) if run else None, "metrics": evaluate_choice(wb, splits, hooks=deployed)}
+    abl_dir = run / "caft_ablation" if run is not None else None
+    if abl_dir is not None and abl_dir.is_dir():
+        ablate = Intervention.load(abl_dir)
+        if isinstance(ablate, Ablate):
+            res["metrics_ablation_kept"] = evaluate_choice(wb, splits, hooks=ablate)
+            if leak_recs:
+                acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
+                res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
+    _write_json(out_path, res)
+    return res
+
+
+def run_generalization(path: str | Path, quick: bool = False, out: str | Path | None = None,
+                       methods: list[str] | None = None) -> Path:
+    """Run (or resume) the experiment; returns the path of ``report.html``."""
+    from ..train.coca import write_jsonl
+    from .report import write_reports
+
+    t0 = time.time()
+    exp = GeneralizationExperiment.from_yaml(path, quick=quick)
+    if methods:
+        unknown = [m for m in methods if m not in exp.methods]
+        if unknown:
+            raise GeneralizationError(f"unknown methods {unknown}; the file has {list(exp.methods)}")
+        exp.methods = {m: exp.methods[m] for m in [PLAIN, *methods] if m in exp.methods}
+    out = Path(out or exp.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in dataclasses.asdict(exp).items() if k not in ("quick", "output_dir")}
+    _write_json(out / "experiment.json", settings)
+    splits = {s: task_records(exp, s, 0) for s in ("id_test", "ood_test")}
+    results: dict[str, Any] = {"settings": settings, "baseline": evaluate_run(exp, None, splits, out / "eval" / "baseline.json"),
+                               "seeds": {}}
+    for seed in exp.seeds:
+        train_recs = task_records(exp, "train", seed)
+        write_jsonl(train_recs, out / "data" / f"train_{seed}.jsonl")
+        leak = random.Random(seed).sample(train_recs, min(exp.leakage_n, len(train_recs)))
+        seed_res: dict[str, Any] = {}
+        train_method(exp, PLAIN, seed, out, {}, 1)
+        needs_concepts = any(m != PLAIN and v.get("finetuning_type") == "caft" for m, v in exp.methods.items())
+        concepts, k, info = find_concepts(exp, seed, out, train_recs) if needs_concepts else ({}, 1, {})
+        seed_res["concepts"] = {key: info.get(key) for key in ("k", "probe_pick", "person_pick", "per_site_probe_pick")}
+        for method in exp.methods:
+            run = train_method(exp, method, seed, out, concepts, k)
+            seed_res[method] = evaluate_run(exp, run, splits, out / "eval" / str(seed) / f"{method}.json", leak)
+            seed_res[method]["summary"] = json.loads((run / "summary.json").read_text())
+            print(f"[experiment] seed {seed} {method}: " + ", ".join(
+                f"{s} {m['accuracy']:.3f}" for s, m in seed_res[method]["metrics"].items()), flush=True)
+        results["seeds"][str(seed)] = seed_res
+    results["wall_s"] = round(time.time() - t0, 1)
+    return write_reports(results, out)

@@ -1,0 +1,140 @@
+"""Reports of a generalization experiment: ``results.json``, ``results.md``, ``report.html``.
+
+Per method: ID accuracy, OOD accuracy and the OOD flipped (spurious) rate, as the mean over
+training seeds with the spread (min-max) and the Wilson interval pooled over seeds' prompts;
+CAFT methods also with the ablation kept at inference, and the leakage check.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..stats import wilson_interval
+
+SPLITS = (("id_test", "ID"), ("ood_test", "OOD"))
+
+
+def summarize(results: dict) -> dict[str, dict]:
+    """``{method: {split: {mean, min, max, pooled_ci, n_seeds}, flipped: ..., kept: ...}}``."""
+    methods: dict[str, dict] = {}
+    for seed, res in results["seeds"].items():
+        for method, r in res.items():
+            if method == "concepts":
+                continue
+            m = methods.setdefault(method, {"per_seed": {}})
+            m["per_seed"][seed] = {s: r["metrics"][s]["accuracy"] for s, _ in SPLITS}
+            m["per_seed"][seed]["flipped"] = r["metrics"]["ood_test"].get("flipped")
+            if "metrics_ablation_kept" in r:
+                m["per_seed"][seed]["ood_kept"] = r["metrics_ablation_kept"]["ood_test"]["accuracy"]
+                m["per_seed"][seed]["id_kept"] = r["metrics_ablation_kept"]["id_test"]["accuracy"]
+            m.setdefault("_correct", {}).setdefault("id_test", []).extend(r["metrics"]["id_test"]["correct"])
+            m["_correct"].setdefault("ood_test", []).extend(r["metrics"]["ood_test"]["correct"])
+            if "leakage" in r:
+                m.setdefault("leakage", []).extend([{**row, "seed": seed} for row in r["leakage"]])
+    for method, m in methods.items():
+        for key in ("id_test", "ood_test", "flipped", "ood_kept", "id_kept"):
+            vals = [v[key] for v in m["per_seed"].values() if v.get(key) is not None]
+            if not vals:
+                continue
+            m[key] = {"mean": float(np.mean(vals)), "min": float(min(vals)), "max": float(max(vals)),
+                      "std": float(np.std(vals)), "n_seeds": len(vals)}
+        for split in ("id_test", "ood_test"):
+            c = np.asarray(m["_correct"][split])
+            lo, hi = wilson_interval(np.array([c.sum()]), len(c))
+            m[split]["pooled_ci"] = [float(lo[0]), float(hi[0])]
+            m[split]["n_prompts"] = int(len(c))
+        del m["_correct"]
+    return methods
+
+
+def _fmt(s: dict | None, ci: bool = True) -> str:
+    if not s:
+        return "-"
+    txt = f"{s['mean']:.3f}"
+    if s.get("n_seeds", 1) > 1:
+        txt += f" ({s['min']:.2f}-{s['max']:.2f})"
+    if ci and "pooled_ci" in s:
+        txt += f" [{s['pooled_ci'][0]:.2f}, {s['pooled_ci'][1]:.2f}]"
+    return txt
+
+
+def markdown(results: dict, summary: dict) -> str:
+    base = results["baseline"]["metrics"]
+    lines = [f"# {results['settings']['task']}: what fine-tuning generalizes to", "",
+             f"Seeds {results['settings']['seeds']}; {results['settings']['n_test']} ID and "
+             f"{results['settings']['n_test']} OOD prompts; wall time {results.get('wall_s', 0):.0f} s.",
+             "Accuracy = the correct option's next-token logit beats the other's. Cells: mean over seeds "
+             "(min-max over seeds) [95% Wilson interval over all seeds' prompts]. OOD flipped = the "
+             "spurious cue's answer wins.", "",
+             f"Untouched model: ID {base['id_test']['accuracy']:.3f}, OOD {base['ood_test']['accuracy']:.3f}.", "",
+             "| method | ID accuracy | OOD accuracy | OOD flipped | OOD with ablation kept |",
+             "|---|---|---|---|---|"]
+    for method, m in summary.items():
+        lines.append(f"| {method} | {_fmt(m.get('id_test'))} | {_fmt(m.get('ood_test'))} | "
+                     f"{_fmt(m.get('flipped'), False)} | {_fmt(m.get('ood_kept'), False)} |")
+    leak = [(method, row) for method, m in summary.items() for row in m.get("leakage", [])]
+    if leak:
+        lines += ["", "## Leakage: probe accuracy of each attribute on the CAFT model's activations "
+                  "(last prompt token, training prompts, 5-fold CV)", "",
+                  "| method | seed | site | k ablated | attribute | full space | complement of the ablated subspace |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, r in leak:
+            lines.append(f"| {method} | {r['seed']} | {r['site']} | {r['k']} | {r['attribute']} | "
+                         f"{r['probe_full']:.3f} | {r['probe_complement']:.3f} |")
+    picks = {seed: res.get("concepts") for seed, res in results["seeds"].items() if res.get("concepts")}
+    if picks:
+        lines += ["", "## Directions chosen (per seed)", ""]
+        for seed, p in picks.items():
+            lines.append(f"- seed {seed}: k = {p.get('k')} per layer (matched controls); probe pick "
+                         f"{p.get('probe_pick')}; person's pick {p.get('person_pick')}")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: dict):
+    """Plotly: ID and OOD accuracy per method, mean over seeds, error bars = pooled Wilson CI,
+    per-seed values as dots."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    names = list(summary)
+    for (split, label), color in zip(SPLITS, ("#1f77b4", "#d62728")):
+        means = [summary[m][split]["mean"] for m in names]
+        lo = [summary[m][split]["mean"] - summary[m][split]["pooled_ci"][0] for m in names]
+        hi = [summary[m][split]["pooled_ci"][1] - summary[m][split]["mean"] for m in names]
+        fig.add_bar(name=label, x=names, y=means, marker_color=color, offsetgroup=label,
+                    error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo))
+        xs, ys = [], []
+        for m in names:
+            for v in summary[m]["per_seed"].values():
+                xs.append(m)
+                ys.append(v[split])
+        fig.add_scatter(x=xs, y=ys, mode="markers", name=f"{label} per seed", offsetgroup=label,
+                        marker=dict(color="black", size=6), showlegend=True)
+    fig.add_hline(y=0.5, line_dash="dot", line_color="gray")
+    fig.update_layout(barmode="group", yaxis=dict(range=[0, 1.02], title="accuracy"),
+                      title="ID vs OOD accuracy per method (mean over seeds, 95% Wilson interval)",
+                      template="plotly_white", height=450)
+    return fig
+
+
+def write_reports(results: dict, out: Path) -> Path:
+    out = Path(out)
+    summary = summarize(results)
+    (out / "results.json").write_text(json.dumps({"summary": summary, **results}, indent=2, default=str))
+    md = markdown(results, summary)
+    (out / "results.md").write_text(md)
+    fig = figure(summary)
+    body = fig.to_html(full_html=False, include_plotlyjs=True)
+    table = "<pre>" + html.escape(md) + "</pre>"
+    (out / "report.html").write_text("<html><head><meta charset='utf-8'><title>generalization report</title></head>"
+                                     f"<body style='font-family:sans-serif'>{body}{table}</body></html>")
+    try:
+        fig.write_image(str(out / "figure.png"))  # needs kaleido; optional
+    except Exception:  # noqa: BLE001 - the PNG is a convenience, the HTML holds the figure
+        pass
+    print(md)
+    return out / "report.html"
