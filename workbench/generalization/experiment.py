@@ -233,21 +233,15 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     info = {"k": k, "probe_pick": picked, "person_pick": person or None, "per_site_probe_pick": per_site,
             "scores": scores}
     _write_json(info_path, info)
-    _write_examples(ft_path=out / "train" / str(seed) / PLAIN, exp=exp, cs=cs, recs=score_recs,
-                    path=folder / "examples.html")
+    _write_examples(dict(acts), cs, score_recs, folder / "examples.html")
     return {r: p for r, p in refs.items() if p.is_file()}, k, info
 
 
-def _write_examples(ft_path: Path, exp, cs, recs, path: Path, top: int = 6) -> None:
-    """For a person's pick: per component, the training prompts whose last token projects most
-    (and least) on it."""
+def _write_examples(acts: dict, cs, recs, path: Path, top: int = 6) -> None:
+    """For a person's pick: per component, the training prompts whose last token (in the
+    fine-tuned model) projects most and least on it."""
     import html
 
-    from ..train import apply_run
-
-    ft = _load(exp)
-    with ft.hooks(apply_run(ft_path, ft)):
-        acts = ft.capture([r.prompt for r in recs], exp.sites, position="last", progress=False)
     parts = ["<html><meta charset='utf-8'><body style='font-family:sans-serif'>",
              "<h2>Top-activating training prompts per component (last prompt token)</h2>"]
     for site in cs.sites:
@@ -318,7 +312,11 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
         needs_concepts = any(m != PLAIN and v.get("finetuning_type") == "caft" for m, v in exp.methods.items())
         concepts, k, info = find_concepts(exp, seed, out, train_recs) if needs_concepts else ({}, 1, {})
         seed_res["concepts"] = {key: info.get(key) for key in ("k", "probe_pick", "person_pick", "per_site_probe_pick")}
-        for method in exp.methods:
+        for method, over in exp.methods.items():
+            if over.get("caft_concepts") == "@person_pick" and "@person_pick" not in concepts:
+                print(f"[experiment] seed {seed}: {method} skipped (no person_pick for this seed; pick "
+                      f"components from {out}/concepts/{seed}/examples.html)", flush=True)
+                continue
             run = train_method(exp, method, seed, out, concepts, k)
             seed_res[method] = evaluate_run(exp, run, splits, out / "eval" / str(seed) / f"{method}.json", leak)
             seed_res[method]["summary"] = json.loads((run / "summary.json").read_text())

@@ -196,7 +196,7 @@ def _prompt(sentence: str, correct: str, distractor: str, correct_first: bool) -
 
 def gender_task(split: str = "train", n: int | None = None, seed: int = 0,
                 professions: str | dict[str, str] = "paper", answer_format: str = "letter",
-                frame_seed: int = 0) -> list[Record]:
+                frame_seed: int = 0, aligned_fraction: float = 1.0) -> list[Record]:
     """Records of the gender-pronoun task.
 
     Args:
@@ -208,6 +208,9 @@ def gender_task(split: str = "train", n: int | None = None, seed: int = 0,
         answer_format: ``"letter"`` (the response is ``A`` / ``B``) or ``"pronoun"`` (the response
             is the pronoun itself; the prompt is the same).
         frame_seed: the frame split's seed (keep it fixed across training seeds).
+        aligned_fraction: share of ``train`` / ``id_test`` records with the stereotypical gender
+            (1.0, the default, is the paper's perfect spurious correlation; 0.5 removes it, the
+            check that the intended cue alone is learnable).
 
     Each record's ``meta`` holds ``correct`` / ``distractor`` (pronouns), ``correct_letter``,
     ``case``, ``profession``, ``gender`` (of the professional in this example), ``stereotype``
@@ -230,11 +233,14 @@ def gender_task(split: str = "train", n: int | None = None, seed: int = 0,
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
         combos = [combos[i % len(combos)] for i in range(n)]
+    if not 0.0 <= aligned_fraction <= 1.0:
+        raise ValueError(f"aligned_fraction must be in [0, 1], got {aligned_fraction}")
     flip = {"male": "female", "female": "male"}
     out = []
     for i, ((frame, case), prof, first) in enumerate(combos):
         stereo = profs[prof]
-        gender = flip[stereo] if split == "ood_test" else stereo
+        aligned = split != "ood_test" and rng.random() < aligned_fraction
+        gender = stereo if aligned else flip[stereo]
         correct = PRONOUN[(case, gender)]
         distractor = DISTRACTOR[correct]
         sentence = frame.format(p=prof, _=BLANK)
