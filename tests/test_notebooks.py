@@ -10,7 +10,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["00_quickstart.ipynb", "01_probes.ipynb", "03_finetune_and_evaluate.ipynb"])
+@pytest.mark.parametrize("name", ["00_quickstart.ipynb", "01_probes.ipynb", "03_finetune_and_evaluate.ipynb",
+                                  "04_caft_generalization.ipynb"])
 def test_notebook_runs(name, monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))

@@ -62,7 +62,8 @@ def _agreement(rng: random.Random, split: str) -> tuple[str, str, str]:
     adj = rng.choice(rng.choice(_ADJ))
     plural = rng.random() < 0.5
     subj = noun + ("s" if plural else "")
-    return f"The {subj} {place} ___ {adj}.", ("are" if plural else "is"), ("is" if plural else "are")
+    return f"The {subj} {place} ___ {adj}.", ("are" if plural else "is"), ("is" if plural else "are"), \
+        ("plural" if plural else "singular")
 
 
 def _pronoun(rng: random.Random, split: str) -> tuple[str, str, str]:
@@ -70,7 +71,7 @@ def _pronoun(rng: random.Random, split: str) -> tuple[str, str, str]:
     frame = rng.choice(_half(_SUBJ_FRAMES if case == "subject" else _OBJ_FRAMES, split, f"pron-{case}"))
     gender = rng.choice(["male", "female"])
     other = "object" if case == "subject" else "subject"
-    return frame, _CASE[case][gender], _CASE[other][gender]
+    return frame, _CASE[case][gender], _CASE[other][gender], case
 
 
 def _sentiment(rng: random.Random, split: str) -> tuple[str, str, str]:
@@ -79,13 +80,13 @@ def _sentiment(rng: random.Random, split: str) -> tuple[str, str, str]:
     thing = rng.choice(_THINGS)
     who = rng.choice(["I", "We", "My sister", "Our group", "My friend"])
     good, bad = ("positive", "negative") if positive else ("negative", "positive")
-    return f"Is this review positive or negative? \"{who} {verb} {thing}.\"", good, bad
+    return f"Is this review positive or negative? \"{who} {verb} {thing}.\"", good, bad, good
 
 
 def _compare(rng: random.Random, split: str) -> tuple[str, str, str]:
     pool = _half(list(range(2, 100)), split, "compare-numbers")
     x, y = rng.sample(pool, 2)
-    return f"Which is larger, {x} or {y}?", str(max(x, y)), str(min(x, y))
+    return f"Which is larger, {x} or {y}?", str(max(x, y)), str(min(x, y)), ("first" if x > y else "second")
 
 
 QUESTION_TYPES = {"agreement": _agreement, "pronoun": _pronoun, "sentiment": _sentiment, "compare": _compare}
@@ -97,7 +98,7 @@ def single_task(qtype: str, split: str = "train", n: int = 200, seed: int = 0) -
     rng = random.Random(f"single-{qtype}-{split}-{seed}")
     out = []
     for i in range(n):
-        q, good, bad = gen(rng, "train" if split == "train" else "test")
+        q, good, bad, _ = gen(rng, "train" if split == "train" else "test")
         first = rng.random() < 0.5
         x, y = (good, bad) if first else (bad, good)
         letter = "A" if first else "B"
@@ -118,7 +119,9 @@ def double_mc(intended: str, spurious: str, split: str = "train", n: int = 400, 
 
     The intended question comes first in half the prompts. ``meta``: ``correct_letter`` (by the
     intended question), ``spurious_letter`` (by the spurious one; equal in train / id_test, the
-    other letter in ood_test), ``intended`` / ``spurious`` (the types)."""
+    other letter in ood_test), ``intended`` / ``spurious`` (the types), ``intended_value`` /
+    ``spurious_value`` (a two-valued attribute of each question, e.g. plural / singular, positive /
+    negative: what a probe of each concept separates)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if intended == spurious:
@@ -128,8 +131,8 @@ def double_mc(intended: str, spurious: str, split: str = "train", n: int = 400, 
     rng = random.Random(f"dmc-{intended}-{spurious}-{split}-{seed}")
     out = []
     for i in range(n):
-        qi, gi_good, gi_bad = gi(rng, part)
-        qs, gs_good, gs_bad = gs(rng, part)
+        qi, gi_good, gi_bad, value_i = gi(rng, part)
+        qs, gs_good, gs_bad, value_s = gs(rng, part)
         first = rng.random() < 0.5          # the intended answer in option A?
         agree = split != "ood_test"
         opt_i = (gi_good, gi_bad) if first else (gi_bad, gi_good)
@@ -145,5 +148,6 @@ def double_mc(intended: str, spurious: str, split: str = "train", n: int = 400, 
         out.append(Record(id=f"dmc/{intended}-{spurious}/{split}/{seed}/{i}", prompt=prompt, label=None,
                           source="double_mc", category=f"{intended}-{spurious}", response=letter,
                           meta=dict(correct_letter=letter, spurious_letter=spur, intended=intended,
-                                    spurious=spurious, intended_first=intended_first)))
+                                    spurious=spurious, intended_first=intended_first,
+                                    intended_value=value_i, spurious_value=value_s)))
     return out

@@ -1,0 +1,79 @@
+"""The generalization experiment end to end on the tiny model: every artifact, resumption, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from workbench.generalization import GeneralizationError, GeneralizationExperiment, run_generalization
+
+SPEC = {
+    "task": "gender_pronoun", "task_options": {"professions": "extended", "answer_format": "pronoun"},
+    "model": "tiny-llama", "n_train": 24, "n_test": 12, "seeds": [0], "layers": [0, 1], "n_components": 3,
+    "leakage_n": 20,
+    "recipe": {"finetuning_type": "full", "learning_rate": 1.0e-3, "max_steps": 2, "per_device_train_batch_size": 4,
+               "cutoff_len": 96},
+    "methods": {"caft_probe": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@probe_pick"},
+                "caft_random": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@random"},
+                "caft_person": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@person_pick"}},
+    "person_pick": {"0": {"blocks.0.hook_resid_post": [1], "blocks.1.hook_resid_post": [0, 2]}},
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gen")
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "output_dir": str(folder / "out")}))
+    report = run_generalization(path)
+    return path, folder / "out", report
+
+
+def test_artifacts(finished):
+    _, out, report = finished
+    assert report.is_file() and "plotly" in report.read_text()
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person"}
+    for method, m in res["summary"].items():
+        assert 0 <= m["ood_test"]["mean"] <= 1 and m["ood_test"]["n_prompts"] == 12
+        lo, hi = m["ood_test"]["pooled_ci"]
+        assert lo <= m["ood_test"]["mean"] <= hi
+    seed = res["seeds"]["0"]
+    # the per-prompt outcomes agree with the accuracy
+    for method in ("plain", "caft_probe"):
+        met = seed[method]["metrics"]["ood_test"]
+        assert abs(sum(met["correct"]) / len(met["correct"]) - met["accuracy"]) < 1e-9
+        assert abs(met["flipped"] - (1 - met["accuracy"])) < 1e-9      # OOD: every prompt has a spurious answer
+    assert "metrics_ablation_kept" in seed["caft_probe"] and "leakage" in seed["caft_probe"]
+    assert {r["attribute"] for r in seed["caft_probe"]["leakage"]} == {"spurious", "intended"}
+    # matched controls: random has as many directions per layer as the probe's pick (k), person as picked
+    k = seed["concepts"]["k"]
+    from workbench.interventions import Intervention
+
+    rnd = Intervention.load(out / "train" / "0" / "caft_random" / "caft_ablation")
+    assert all(q.shape[1] == k for q in rnd.Q.values())
+    person = Intervention.load(out / "train" / "0" / "caft_person" / "caft_ablation")
+    assert {s: q.shape[1] for s, q in person.Q.items()} == {"blocks.0.hook_resid_post": 1, "blocks.1.hook_resid_post": 2}
+    assert (out / "concepts" / "0" / "examples.html").is_file()
+    md = (out / "results.md").read_text()
+    assert "| caft_random |" in md and "Leakage" in md
+
+
+def test_rerun_skips_finished_steps(finished):
+    path, out, _ = finished
+    stamp = (out / "train" / "0" / "plain" / "summary.json").stat().st_mtime
+    evals = (out / "eval" / "0" / "caft_probe.json").read_text()
+    run_generalization(path)
+    assert (out / "train" / "0" / "plain" / "summary.json").stat().st_mtime == stamp
+    assert (out / "eval" / "0" / "caft_probe.json").read_text() == evals
+
+
+def test_bad_files():
+    with pytest.raises(GeneralizationError, match="did you mean 'seeds'"):
+        GeneralizationExperiment.from_dict({**SPEC, "seedz": [1]})
+    with pytest.raises(GeneralizationError, match="not a generated task"):
+        GeneralizationExperiment.from_dict({**SPEC, "task": "advbench"})
+    with pytest.raises(GeneralizationError, match="should be a list"):
+        GeneralizationExperiment.from_dict({**SPEC, "seeds": 3})
