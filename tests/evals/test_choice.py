@@ -46,9 +46,9 @@ def test_metrics_and_intervals():
 
 def test_evaluate_choice_with_hooks_leaves_no_hook(tiny):
     recs = {"ood": gender_task("ood_test", n=4, answer_format="pronoun")}
+    a = evaluate_choice(tiny, recs)          # the bridge wires its own hooks on the first forward
     before = tiny.backend.hook_count()
     zero = {"blocks.0.hook_resid_post": lambda x, site: x * 0}
-    a = evaluate_choice(tiny, recs)
     b = evaluate_choice(tiny, recs, hooks=zero)
     assert tiny.backend.hook_count() == before
     assert a["ood"]["margin"] != b["ood"]["margin"]

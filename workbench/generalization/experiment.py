@@ -12,9 +12,11 @@ Per training seed:
    components about the spurious attribute) and, where the file gives one, by a person
    (``person_pick``, from the top-activating examples in ``concepts/{seed}/examples.html``);
 3. ``train/{seed}/{method}``: every other method, a recipe built from ``recipe`` + its overrides;
-   ``@probe_pick`` / ``@person_pick`` / ``@top_pcs`` / ``@random`` in ``caft_concepts`` name the
-   ConceptSets of this seed (top PCs and random directions get as many directions per layer as
-   the probe's pick: a matched control);
+   ``@probe_pick`` / ``@person_pick`` / ``@top_pcs`` / ``@random`` / ``@contrast`` in
+   ``caft_concepts`` name the ConceptSets of this seed (top PCs and random directions get as many
+   directions per layer as the probe's pick: a matched control; ``@contrast`` is the spurious
+   attribute's difference of means on the base model's training prompts at ``contrast_position``,
+   one direction per layer);
 4. ``eval/{seed}/{method}.json``: ID / OOD accuracy and the flipped (spurious) rate from the A-vs-B
    (or pronoun-vs-pronoun) next-token logits, with Wilson intervals; CAFT runs also with the
    ablation kept at inference, and the leakage check (probe of the spurious attribute on the
@@ -38,7 +40,7 @@ from typing import Any
 
 from ..models import DEFAULT_MODEL
 
-REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random")
+REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random", "@contrast")
 PLAIN = "plain"
 
 
@@ -63,6 +65,7 @@ class GeneralizationExperiment:
     concept_position: str = "all"
     attributes: dict[str, str] = field(default_factory=lambda: {"spurious": "stereotype", "intended": "case"})
     pick_min_score: float = 0.65
+    contrast_position: str = "last"     # @contrast: where the spurious attribute's two groups are compared
     recipe: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     person_pick: dict[str, dict[str, list[int]]] = field(default_factory=dict)
@@ -196,7 +199,7 @@ def train_method(exp, method: str, seed: int, out: Path, concepts: dict[str, Pat
 def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path], int, dict]:
     """PCA of (plain - base) on the training data, attribute scores, the automatic and the person's
     picks, and the matched-k controls; returns ``({ref: file}, k, info)``."""
-    from ..concepts import ConceptSet, pca_diff, random_directions
+    from ..concepts import ConceptSet, diff_means_between, pca_diff, random_directions
     from ..train import apply_run
     from .selection import attribute_scores, probe_pick
 
@@ -226,6 +229,13 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     for i, s in enumerate(exp.sites):
         rnd = rnd + random_directions(s, base.d_model, k=k, seed=1000 * seed + i, model_id=exp.model)
     rnd.save(refs["@random"])
+    # @contrast: the spurious attribute's difference of means on the base model's training prompts
+    spur = labels["spurious"]
+    groups = [[r.prompt for r, y in zip(score_recs, spur) if y == v] for v in (1, 0)]
+    a = base.capture(groups[0], exp.sites, position=exp.contrast_position, progress=False)
+    b = base.capture(groups[1], exp.sites, position=exp.contrast_position, progress=False)
+    diff_means_between(a, b, exp.sites, label=f"{exp.attributes['spurious']} (difference of means)",
+                       name="contrast").save(refs["@contrast"])
     person = exp.person_pick.get(str(seed)) or exp.person_pick.get(seed)  # type: ignore[call-overload]
     if person:
         chosen = [c.name for s, idx in person.items() for j, c in enumerate(cs.select(site=s)) if j in idx]
