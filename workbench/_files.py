@@ -23,3 +23,31 @@ def parse_file(path: str | Path, error: type[Exception], fmt: str = "json") -> A
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{path} is corrupt (not JSON: {err})") from None
+
+
+def settings_from_dict(cls, data: Any, source: str, error: type[Exception], quick: bool = False,
+                       untyped: tuple[str, ...] = ()) -> dict:
+    """Check an experiment file's mapping against the dataclass ``cls``: unknown keys (with the
+    closest known one), then, after merging the ``quick`` block when asked, each value's type
+    against the default's (``untyped`` keys and ``None`` values pass). Returns the merged mapping."""
+    import dataclasses
+    import difflib
+
+    if not isinstance(data, dict):
+        raise error(f"{source}: an experiment is a mapping of keys to values")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in [*data, *(data.get("quick") or {})]:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise error(f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f". Known keys: {', '.join(known)}")
+    if quick:
+        data = {**data, **(data.get("quick") or {})}
+    defaults = cls()
+    for key, value in data.items():
+        want = type(getattr(defaults, key))
+        if key in untyped or value is None:
+            continue
+        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+            raise error(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
+    return data

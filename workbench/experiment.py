@@ -24,7 +24,6 @@ experiment runs again, so an interrupted experiment resumes where it stopped):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -73,23 +72,9 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "experiment", quick: bool = False) -> Experiment:
-        if not isinstance(data, dict):
-            raise ExperimentError(f"{source}: an experiment is a mapping of keys to values")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in [*data, *(data.get("quick") or {})]:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                raise ExperimentError(f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                                      + f". Known keys: {', '.join(known)}")
-        if quick:
-            data = {**data, **(data.get("quick") or {})}
-        defaults = cls()
-        for key, value in data.items():
-            want = type(getattr(defaults, key))
-            if key in ("eval_size",) or value is None:
-                continue
-            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-                raise ExperimentError(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
+        from ._files import settings_from_dict
+
+        data = settings_from_dict(cls, data, source, ExperimentError, quick, untyped=("eval_size",))
         exp = cls(**data)
         exp.methods = {name: [recipes] if isinstance(recipes, str) else list(recipes)
                        for name, recipes in exp.methods.items()}

@@ -17,7 +17,11 @@ SPEC = {
                "cutoff_len": 96},
     "methods": {"caft_probe": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@probe_pick"},
                 "caft_random": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@random"},
-                "caft_person": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@person_pick"}},
+                "caft_person": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@person_pick"},
+                "caft_contrast": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@contrast",
+                                  "caft_ablation": "mean"}},
+    "contrast_position": "token:doctor|nurse|surgeon|mechanic|firefighter|plumber|electrician|receptionist|"
+                         "secretary|nanny|hairdresser|midwife",
     "person_pick": {"0": {"blocks.0.hook_resid_post": [1], "blocks.1.hook_resid_post": [0, 2]}},
 }
 
@@ -35,7 +39,7 @@ def test_artifacts(finished):
     _, out, report = finished
     assert report.is_file() and "plotly" in report.read_text()
     res = json.loads((out / "results.json").read_text())
-    assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person"}
+    assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person", "caft_contrast"}
     for method, m in res["summary"].items():
         assert 0 <= m["ood_test"]["mean"] <= 1 and m["ood_test"]["n_prompts"] == 12
         lo, hi = m["ood_test"]["pooled_ci"]
@@ -57,6 +61,9 @@ def test_artifacts(finished):
     person = Intervention.load(out / "train" / "0" / "caft_person" / "caft_ablation")
     assert {s: q.shape[1] for s, q in person.Q.items()} == {"blocks.0.hook_resid_post": 1, "blocks.1.hook_resid_post": 2}
     assert (out / "concepts" / "0" / "examples.html").is_file()
+    # @contrast: one direction per layer, the stereotype's difference of means, mean-ablated
+    con = Intervention.load(out / "train" / "0" / "caft_contrast" / "caft_ablation")
+    assert all(q.shape[1] == 1 for q in con.Q.values()) and con.mean is not None
     md = (out / "results.md").read_text()
     assert "| caft_random |" in md and "Leakage" in md
 

@@ -200,12 +200,21 @@ def test_caft_concepts_files(tmp_path, data):
     save_file(dirs, str(tmp_path / "plain.safetensors"))
     save_concepts(dirs, tmp_path / "ablate")
     for path in (tmp_path / "plain.safetensors", tmp_path / "ablate"):
-        assert torch.equal(load_concepts(path, [site])[site], dirs[site])
+        got, mean = load_concepts(path, [site])
+        assert torch.equal(got[site], dirs[site]) and mean is None
+    # a saved mean comes back with its directions (mean ablation)
+    from workbench.interventions import Ablate
+
+    mu = {site: torch.randn(64)}
+    Ablate(dirs, mean=mu).save(tmp_path / "with_mean")
+    save_file({**{f"directions/{site}": dirs[site]}, f"mean/{site}": mu[site]}, str(tmp_path / "mean.safetensors"))
+    for path in (tmp_path / "with_mean", tmp_path / "mean.safetensors"):
+        assert torch.equal(load_concepts(path, [site])[1][site], mu[site])
     with pytest.raises(ValueError, match="no directions for"):
         load_concepts(tmp_path / "ablate", ["blocks.0.hook_resid_post"])
     concepts = pytest.importorskip("workbench.concepts")
     cs = concepts.ConceptSet([concepts.Concept(f"c{i}", site, dirs[site][i], selected=i != 1) for i in range(3)])
-    got = load_concepts(cs.save(tmp_path / "cs.safetensors"), [site])[site]
+    got = load_concepts(cs.save(tmp_path / "cs.safetensors"), [site])[0][site]
     torch.testing.assert_close(got, torch.nn.functional.normalize(dirs[site][[0, 2]], dim=1))
     # a wrong width is refused before any training step
     save_file({site: torch.randn(2, 576)}, str(tmp_path / "wide.safetensors"))

@@ -30,7 +30,6 @@ A finished step is skipped when the experiment runs again (interrupted runs resu
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import random
 import time
@@ -74,23 +73,9 @@ class GeneralizationExperiment:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "experiment", quick: bool = False) -> GeneralizationExperiment:
-        if not isinstance(data, dict):
-            raise GeneralizationError(f"{source}: an experiment is a mapping of keys to values")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in [*data, *(data.get("quick") or {})]:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                raise GeneralizationError(f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)"
-                                          if close else "") + f". Known keys: {', '.join(known)}")
-        if quick:
-            data = {**data, **(data.get("quick") or {})}
-        defaults = cls()
-        for key, value in data.items():
-            want = type(getattr(defaults, key))
-            if value is None and key == "system_prompt":
-                continue
-            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-                raise GeneralizationError(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
+        from .._files import settings_from_dict
+
+        data = settings_from_dict(cls, data, source, GeneralizationError, quick)
         exp = cls(**data)
         if PLAIN not in exp.methods:
             exp.methods = {PLAIN: {}, **exp.methods}
