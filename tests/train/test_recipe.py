@@ -73,7 +73,8 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
 
 
 def test_shipped_examples_validate():
-    files = sorted(f for f in (ROOT / "examples").rglob("*.yaml") if f.name != "safety.yaml")  # an experiment
+    # the top-level files are experiments (safety.yaml, caft_*.yaml); recipes live in folders
+    files = sorted(f for f in (ROOT / "examples").rglob("*.yaml") if f.parent != ROOT / "examples")
     names = {str(f.relative_to(ROOT / "examples")) for f in files}
     assert {"lofit/head.yaml", "lofit/bias_tuning.yaml", "lofit/normal.yaml", "lofit/normal_warm.yaml",
             "lofit/think_warm.yaml", "sft/lora.yaml", "caft/diffmeans.yaml", "caft/random.yaml"} <= names
@@ -85,3 +86,18 @@ def test_shipped_examples_validate():
     assert kinds["lofit/head.yaml"][:2] == ("lofit", "A")
     assert kinds["lofit/think_warm.yaml"] == ("lofit", "v", "think_warm")
     assert kinds["caft/diffmeans.yaml"][0] == "caft"
+
+
+def test_shipped_generalization_experiments_validate():
+    from workbench.generalization import GeneralizationExperiment, is_generalization_file
+
+    for name in ("caft_gender.yaml", "caft_double_mc.yaml"):
+        path = ROOT / "examples" / name
+        assert is_generalization_file(path) and not is_generalization_file(ROOT / "examples" / "safety.yaml")
+        for quick in (False, True):
+            exp = GeneralizationExperiment.from_yaml(path, quick=quick)
+            assert "plain" in exp.methods and len(exp.seeds) >= (1 if quick else 3)
+            for method, over in exp.methods.items():   # every method's overrides are valid recipe keys
+                load_recipe({**exp.recipe, **over, "output_dir": "o", "dataset": "x.jsonl",
+                             **({"caft_concepts": "c.safetensors"} if str(over.get("caft_concepts", "")).startswith("@")
+                                else {})})

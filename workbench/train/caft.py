@@ -226,6 +226,8 @@ class CaftMixin:
                                        4 * r.cutoff_len)
             source = f"pca_diff:{r.caft_reference_run}"
         sites = list(dirs)
+        probe = Ablate(dirs, model_id=wb.model_id)
+        probe.check(wb)  # sites and widths against the model, before any capture or training
         # statistics of the base model's activations at every position of the training examples
         acts = token_activations(wb, self.records, sites, "all", max_chars=4 * r.cutoff_len)
         token_mean = {s: acts[s].mean(0) for s in sites}
@@ -234,7 +236,6 @@ class CaftMixin:
             mean = load_means(r.caft_mean, sites)
         elif mean is None:
             mean = token_mean
-        probe = Ablate(dirs, model_id=wb.model_id)
         projection = {s: (token_mean[s] @ probe.Q[s]).tolist() for s in sites}
         if r.caft_mode == "steer":
             vecs = steering_vectors(dirs, token_mean if r.caft_directions != "pca_diff" else None,

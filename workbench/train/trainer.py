@@ -188,7 +188,8 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
 
     ``wb``: an already loaded :class:`~workbench.Workbench` to train **in place** (default: load
     ``model_name_or_path``): afterwards it holds the trained model and ``wb.trained_by`` names the
-    run; training it again is an error (load a fresh one). ``callbacks``: extra
+    run; training its weights again is an error (load a fresh one; LoFIT, which trains hooks on the
+    frozen model, can follow another LoFIT phase on the same one). ``callbacks``: extra
     ``transformers.TrainerCallback`` s.
     """
     from transformers import set_seed
@@ -215,7 +216,8 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
     records = sft_data.build_records(recipe)
     examples = sft_data.encode(wb, records, recipe.cutoff_len)
     method = make_method(wb, recipe, records)
-    wb.trained_by = run_dir
+    if recipe.finetuning_type != "lofit":  # LoFIT leaves the weights alone (its interventions are hooks)
+        wb.trained_by = run_dir
     try:
         return _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, progress)
     finally:
