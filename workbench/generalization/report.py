@@ -66,7 +66,7 @@ def markdown(results: dict, summary: dict) -> str:
     base = results["baseline"]["metrics"]
     lines = [f"# {results['settings']['task']}: what fine-tuning generalizes to", "",
              f"Seeds {results['settings']['seeds']}; {results['settings']['n_test']} ID and "
-             f"{results['settings']['n_test']} OOD prompts; wall time {results.get('wall_s', 0):.0f} s.",
+             f"{results['settings']['n_test']} OOD prompts; wall time of this invocation {results.get('wall_s', 0):.0f} s (finished steps are skipped).",
              "Accuracy = the correct option's next-token logit beats the other's. Cells: mean over seeds "
              "(min-max over seeds) [95% Wilson interval over all seeds' prompts]. OOD flipped = the "
              "spurious cue's answer wins.", "",
