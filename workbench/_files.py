@@ -51,3 +51,11 @@ def settings_from_dict(cls, data: Any, source: str, error: type[Exception], quic
         if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
             raise error(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")
     return data
+
+
+def read_yaml_file(path: str | Path, error: type[Exception], what: str = "experiment file") -> Any:
+    """The YAML content of an existing file (``FileNotFoundError`` naming ``what`` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return parse_file(path, error, "yaml")

@@ -84,12 +84,10 @@ class Experiment:
 
     @classmethod
     def from_yaml(cls, path: str | Path, quick: bool = False) -> Experiment:
-        from ._files import parse_file
+        from ._files import read_yaml_file
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"experiment file {path} does not exist")
-        exp = cls.from_dict(parse_file(path, ExperimentError, "yaml") or {}, source=str(path), quick=quick)
+        exp = cls.from_dict(read_yaml_file(path, ExperimentError) or {}, source=str(path), quick=quick)
         # recipe paths are relative to the experiment file
         exp.methods = {m: [str(path.parent / p) for p in paths] for m, paths in exp.methods.items()}
         return exp

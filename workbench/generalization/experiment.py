@@ -92,12 +92,9 @@ class GeneralizationExperiment:
 
     @classmethod
     def from_yaml(cls, path: str | Path, quick: bool = False) -> GeneralizationExperiment:
-        from .._files import parse_file
+        from .._files import read_yaml_file
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"experiment file {path} does not exist")
-        return cls.from_dict(parse_file(path, GeneralizationError, "yaml") or {}, source=str(path), quick=quick)
+        return cls.from_dict(read_yaml_file(path, GeneralizationError) or {}, source=str(path), quick=quick)
 
     @property
     def sites(self) -> list[str]:
@@ -106,9 +103,9 @@ class GeneralizationExperiment:
 
 def is_generalization_file(path: str | Path) -> bool:
     """Whether an experiment YAML file is a generalization experiment (it names a ``task``)."""
-    from .._files import parse_file
+    from .._files import read_yaml_file
 
-    data = parse_file(Path(path), GeneralizationError, "yaml") or {}
+    data = read_yaml_file(path, GeneralizationError) or {}
     return isinstance(data, dict) and "task" in data
 
 

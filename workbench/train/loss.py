@@ -10,8 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._forward import decoder_and_head, hidden_states
-
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
 
 
 def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
