@@ -84,3 +84,31 @@ def test_bad_files():
         GeneralizationExperiment.from_dict({**SPEC, "task": "advbench"})
     with pytest.raises(GeneralizationError, match="should be a list"):
         GeneralizationExperiment.from_dict({**SPEC, "seeds": 3})
+
+
+def test_contrast_at_several_positions(tmp_path):
+    """One difference-of-means direction per position and layer, orthonormalized; the first is the
+    plain difference of the two groups' mean activations at that position."""
+    import torch
+
+    from workbench.concepts import ConceptSet
+    from workbench.generalization.experiment import _load, attribute_labels, contrast_concepts, task_records
+
+    positions = [SPEC["contrast_position"], "last"]
+    exp = GeneralizationExperiment.from_dict({**SPEC, "contrast_position": positions})
+    base, recs = _load(exp), task_records(exp, "train", 0)
+    spur = attribute_labels(recs, exp.attributes)["spurious"]
+    path = tmp_path / "contrast.safetensors"
+    contrast_concepts(exp, base, recs, spur, path)
+    cs = ConceptSet.load(path)
+    assert cs.meta["contrast_positions"] == positions
+    for site in exp.sites:
+        q = torch.stack([c.direction for c in cs.select(site=site)])
+        assert q.shape == (2, base.d_model)
+        torch.testing.assert_close(q @ q.T, torch.eye(2), atol=1e-5, rtol=0)
+        acts = dict(base.capture([r.prompt for r in recs], [site], position=positions[0], progress=False))[site]
+        y = torch.tensor(spur, dtype=torch.bool)
+        d = acts[y].mean(0) - acts[~y].mean(0)
+        torch.testing.assert_close(q[0], d / d.norm(), atol=1e-4, rtol=0)
+    with pytest.raises(GeneralizationError, match="contrast_position"):
+        GeneralizationExperiment.from_dict({**SPEC, "contrast_position": [1, 2]})

@@ -5,18 +5,19 @@
 Per training seed:
 
 1. ``train/{seed}/plain``: plain fine-tuning on the task's training split (both cues agree);
-2. ``concepts/{seed}/pca_diff.safetensors``: CAFT's directions, the top principal components of
-   (fine-tuned - base) activations on the training examples at every CAFT layer (no OOD data);
+2. ``concepts/{seed}/``: ``contrast.safetensors`` (below) and ``pca_diff.safetensors``, CAFT's
+   directions, the top principal components of (fine-tuned - base) activations on the training examples at every CAFT layer (no OOD data);
    each scored by how well it separates the spurious attribute and the intended one on the
    training prompts (``attributes.json``), then chosen automatically (``probe_pick``: the
    components about the spurious attribute) and, where the file gives one, by a person
    (``person_pick``, from the top-activating examples in ``concepts/{seed}/examples.html``);
 3. ``train/{seed}/{method}``: every other method, a recipe built from ``recipe`` + its overrides;
    ``@probe_pick`` / ``@person_pick`` / ``@top_pcs`` / ``@random`` / ``@contrast`` in
-   ``caft_concepts`` name the ConceptSets of this seed (top PCs and random directions get as many
-   directions per layer as the probe's pick: a matched control; ``@contrast`` is the spurious
-   attribute's difference of means on the base model's training prompts at ``contrast_position``,
-   one direction per layer);
+   ``caft_concepts`` name the ConceptSets of this seed (``@contrast`` is the spurious attribute's
+   difference of means on the base model's training prompts at each ``contrast_position``, one
+   direction per position and layer; top PCs and random directions get as many directions per
+   layer as the largest chosen set: a matched control; step 2's PCA runs only where a method
+   uses a PCA-made set);
 4. ``eval/{seed}/{method}.json``: ID / OOD accuracy and the flipped (spurious) rate from the A-vs-B
    (or pronoun-vs-pronoun) next-token logits, with Wilson intervals; CAFT runs also with the
    ablation kept at inference, and the leakage check (probe of the spurious attribute on the
@@ -64,7 +65,7 @@ class GeneralizationExperiment:
     concept_position: str = "all"
     attributes: dict[str, str] = field(default_factory=lambda: {"spurious": "stereotype", "intended": "case"})
     pick_min_score: float = 0.65
-    contrast_position: str = "last"     # @contrast: where the spurious attribute's two groups are compared
+    contrast_position: str | list[str] = "last"   # @contrast: where (one direction per position) the spurious groups are compared
     recipe: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     person_pick: dict[str, dict[str, list[int]]] = field(default_factory=dict)
@@ -75,8 +76,11 @@ class GeneralizationExperiment:
     def from_dict(cls, data: dict, source: str = "experiment", quick: bool = False) -> GeneralizationExperiment:
         from .._files import settings_from_dict
 
-        data = settings_from_dict(cls, data, source, GeneralizationError, quick)
+        data = settings_from_dict(cls, data, source, GeneralizationError, quick, untyped=("contrast_position",))
         exp = cls(**data)
+        pos = exp.contrast_position
+        if not (isinstance(pos, str) or (isinstance(pos, list) and pos and all(isinstance(p, str) for p in pos))):
+            raise GeneralizationError(f"{source}: contrast_position should be a position or a list of them, got {pos!r}")
         if PLAIN not in exp.methods:
             exp.methods = {PLAIN: {}, **exp.methods}
         for name, over in exp.methods.items():
@@ -95,6 +99,11 @@ class GeneralizationExperiment:
         from .._files import read_yaml_file
 
         return cls.from_dict(read_yaml_file(path, GeneralizationError) or {}, source=str(path), quick=quick)
+
+    @property
+    def contrast_positions(self) -> list[str]:
+        p = self.contrast_position
+        return [p] if isinstance(p, str) else list(p)
 
     @property
     def sites(self) -> list[str]:
@@ -178,55 +187,83 @@ def train_method(exp, method: str, seed: int, out: Path, concepts: dict[str, Pat
     return run
 
 
+PCA_REFS = ("@probe_pick", "@person_pick", "@top_pcs")
+
+
+def needs_pca(exp: GeneralizationExperiment) -> bool:
+    """Whether a method uses a direction set made from CAFT's PCA (plain minus base)."""
+    return any(v.get("caft_concepts") in PCA_REFS for v in exp.methods.values())
+
+
 def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path], int, dict]:
-    """PCA of (plain - base) on the training data, attribute scores, the automatic and the person's
-    picks, and the matched-k controls; returns ``({ref: file}, k, info)``."""
-    from ..concepts import ConceptSet, diff_means_between, pca_diff, random_directions
+    """``@contrast``; where a method needs them, PCA of (plain - base) on the training data,
+    attribute scores, the automatic and the person's picks; the matched-k controls. Returns
+    ``({ref: file}, k, info)``; ``k`` (directions per layer of ``@top_pcs`` and ``@random``) is the
+    probe pick's mean count per layer, or the number of contrast positions, whichever is larger."""
+    from ..concepts import ConceptSet, pca_diff, random_directions
     from ..train import apply_run
     from .selection import attribute_scores, probe_pick
 
     folder = out / "concepts" / str(seed)
     info_path = folder / "concepts.json"
     refs = {r: folder / f"{r[1:]}.safetensors" for r in REFS}
-    if info_path.is_file():
+    base = _load(exp)
+    score_recs = train_recs[: exp.leakage_n]
+    labels = attribute_labels(score_recs, exp.attributes)
+    contrast_concepts(exp, base, score_recs, labels["spurious"], refs["@contrast"])
+    if info_path.is_file() and (json.loads(info_path.read_text()).get("pca") or not needs_pca(exp)):
         info = json.loads(info_path.read_text())
         return {r: p for r, p in refs.items() if p.is_file()}, info["k"], info
-    base, ft = _load(exp), _load(exp)
-    with ft.hooks(apply_run(out / "train" / str(seed) / PLAIN, ft)):
-        recs = [r for r in train_recs if r.response][:64]
-        cs = pca_diff(ft, base, [r.prompt for r in recs], [r.response for r in recs], exp.sites,
-                      k=exp.n_components, position=exp.concept_position)
-        score_recs = train_recs[: exp.leakage_n]
-        acts = ft.capture([r.prompt for r in score_recs], exp.sites, position="last", progress=False)
-    labels = attribute_labels(score_recs, exp.attributes)
-    scores = attribute_scores(cs, dict(acts), labels)
+    info: dict[str, Any] = {"pca": needs_pca(exp), "probe_pick": None, "person_pick": None, "per_site_probe_pick": None}
+    k = len(exp.contrast_positions)
     folder.mkdir(parents=True, exist_ok=True)
-    cs.save(folder / "pca_diff.safetensors")
-    picked_cs, picked = probe_pick(cs, scores, "spurious", "intended", exp.pick_min_score)
-    picked_cs.for_ablation().save(refs["@probe_pick"])
-    per_site = {s: sum(1 for n in picked if cs[n].site == s) for s in exp.sites}
-    k = max(1, round(sum(per_site.values()) / len(per_site)))
-    ConceptSet([c for s in exp.sites for c in list(cs.select(site=s))[:k]]).save(refs["@top_pcs"])
+    if info["pca"]:
+        ft = _load(exp)
+        with ft.hooks(apply_run(out / "train" / str(seed) / PLAIN, ft)):
+            recs = [r for r in train_recs if r.response][:64]
+            cs = pca_diff(ft, base, [r.prompt for r in recs], [r.response for r in recs], exp.sites,
+                          k=exp.n_components, position=exp.concept_position)
+            acts = ft.capture([r.prompt for r in score_recs], exp.sites, position="last", progress=False)
+        scores = attribute_scores(cs, dict(acts), labels)
+        cs.save(folder / "pca_diff.safetensors")
+        picked_cs, picked = probe_pick(cs, scores, "spurious", "intended", exp.pick_min_score)
+        picked_cs.for_ablation().save(refs["@probe_pick"])
+        per_site = {s: sum(1 for n in picked if cs[n].site == s) for s in exp.sites}
+        k = max(k, round(sum(per_site.values()) / len(per_site)))
+        ConceptSet([c for s in exp.sites for c in list(cs.select(site=s))[:k]]).save(refs["@top_pcs"])
+        person = exp.person_pick.get(str(seed)) or exp.person_pick.get(seed)  # type: ignore[call-overload]
+        if person:
+            chosen = [c.name for s, idx in person.items() for j, c in enumerate(cs.select(site=s)) if j in idx]
+            cs.select(chosen).save(refs["@person_pick"])
+        info.update(probe_pick=picked, person_pick=person or None, per_site_probe_pick=per_site, scores=scores)
+        _write_examples(dict(acts), cs, score_recs, folder / "examples.html")
     rnd = ConceptSet()
     for i, s in enumerate(exp.sites):
         rnd = rnd + random_directions(s, base.d_model, k=k, seed=1000 * seed + i, model_id=exp.model)
     rnd.save(refs["@random"])
-    # @contrast: the spurious attribute's difference of means on the base model's training prompts
-    spur = labels["spurious"]
-    groups = [[r.prompt for r, y in zip(score_recs, spur) if y == v] for v in (1, 0)]
-    a = base.capture(groups[0], exp.sites, position=exp.contrast_position, progress=False)
-    b = base.capture(groups[1], exp.sites, position=exp.contrast_position, progress=False)
-    diff_means_between(a, b, exp.sites, label=f"{exp.attributes['spurious']} (difference of means)",
-                       name="contrast").save(refs["@contrast"])
-    person = exp.person_pick.get(str(seed)) or exp.person_pick.get(seed)  # type: ignore[call-overload]
-    if person:
-        chosen = [c.name for s, idx in person.items() for j, c in enumerate(cs.select(site=s)) if j in idx]
-        cs.select(chosen).save(refs["@person_pick"])
-    info = {"k": k, "probe_pick": picked, "person_pick": person or None, "per_site_probe_pick": per_site,
-            "scores": scores}
+    info["k"] = k
     _write_json(info_path, info)
-    _write_examples(dict(acts), cs, score_recs, folder / "examples.html")
     return {r: p for r, p in refs.items() if p.is_file()}, k, info
+
+
+def contrast_concepts(exp, base, recs, spurious: list[int], path: Path):
+    """``@contrast``: the spurious attribute's difference of means (group 1 minus group 0) on the base
+    model's training prompts at each of ``contrast_positions``: that many directions per layer,
+    orthonormalized. Recomputed when the file was made for other positions."""
+    from ..concepts import ConceptSet, diff_means_between
+
+    positions = exp.contrast_positions
+    if path.is_file() and ConceptSet.load(path).meta.get("contrast_positions") == positions:
+        return
+    groups = [[r.prompt for r, y in zip(recs, spurious) if y == v] for v in (1, 0)]
+    cs = ConceptSet(meta={"contrast_positions": positions})
+    for j, pos in enumerate(positions):
+        a = base.capture(groups[0], exp.sites, position=pos, progress=False)
+        b = base.capture(groups[1], exp.sites, position=pos, progress=False)
+        cs = cs + diff_means_between(a, b, exp.sites, label=f"{exp.attributes['spurious']} (difference of means at {pos})",
+                                     name=f"contrast{j}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cs.orthonormalize().save(path)
 
 
 def _write_examples(acts: dict, cs, recs, path: Path, top: int = 6) -> None:
