@@ -1,6 +1,7 @@
 import pandas as pd
 
-from workbench.cli import expand_sites, main
+from workbench.cli import main
+from workbench.sites import expand_sites
 
 
 def test_expand_sites():
@@ -59,3 +60,36 @@ def test_train_then_load_the_run_for_eval(tmp_path, capsys):
     (tmp_path / "run" / "config.json").write_text("{truncated")
     assert main(["eval", str(tmp_path / "run")]) == 2
     assert "is corrupt" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_complete():
+    """``workbench --help`` imports no torch, and every flag of every command says what it does."""
+    import argparse
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom workbench.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main(['--help'])\n    except SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    from workbench.cli import build_parser
+
+    def parsers(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield sp
+                    yield from parsers(sp)
+
+    all_parsers = list(parsers(build_parser(["sae", "train"])))
+    assert {"demo", "experiment", "cache", "probe", "sites", "train", "sae", "eval", "report"} <= {
+        p.prog.split()[-1] for p in all_parsers}
+    for p in all_parsers:
+        for a in p._actions:
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                assert a.help, f"{p.prog} {a.dest} has no help"
+        text = p.format_help()
+        assert "(default: None)" not in text
+    assert "(default: 48)" in build_parser(["eval"])._subparsers._group_actions[0].choices["eval"].format_help()

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from .sites import expand_sites
 
 def _records(args):
     from .data import harmful_vs_benign
@@ -30,6 +29,7 @@ def _records(args):
 
 def cmd_cache(args, wb=None) -> Path:
     from . import ActivationStore, Workbench
+    from .sites import expand_sites
 
     wb = wb or Workbench.load(args.model, backend=args.backend)
     records = _records(args)
@@ -147,75 +147,97 @@ def cmd_report(args) -> Path:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default (where it has one); descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+BACKENDS = ("transformer_lens", "nnsight")
+SPLITS = ("train", "val", "test")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command's parser. Building it imports no torch (``workbench --help`` answers at once);
+    the flags of ``sae train`` come from :mod:`workbench.concepts.sae` and load only when the
+    command line asks for ``sae``."""
     from .models import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str):
+        return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
 
     def data_args(p):
-        p.add_argument("--model", default=DEFAULT_MODEL)
-        p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"])
-        p.add_argument("--harmful", default="advbench,harmbench")
-        p.add_argument("--benign", default="benign_instructions,donotanswer_sensitive")
-        p.add_argument("--n-per-class", type=int, default=None)
-        p.add_argument("--split", default=None, choices=[None, "train", "val", "test"])
-        p.add_argument("--sites", default="resid_post,z")
-        p.add_argument("--position", default="last")
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name, tiny-llama, or a Hugging Face id")
+        p.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS, help="model-wrapping backend")
+        p.add_argument("--harmful", default="advbench,harmbench", help="comma-separated harmful datasets")
+        p.add_argument("--benign", default="benign_instructions,donotanswer_sensitive",
+                       help="comma-separated benign datasets")
+        p.add_argument("--n-per-class", type=int, default=None, help="prompts per class (default: all, balanced)")
+        p.add_argument("--split", default=None, choices=SPLITS, help="dataset split (default: every record)")
+        p.add_argument("--sites", default="resid_post,z",
+                       help="comma-separated sites or families (resid_pre, resid_mid, resid_post, attn_out, mlp_out, z)")
+        p.add_argument("--position", default="last", help="last, mean, all, or token:WORD")
+        p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+        p.add_argument("--seed", type=int, default=0, help="seed for sampling and length matching")
 
-    demo = sub.add_parser("demo", help="the main job: the quick CAFT generalization experiment (gender pronouns) "
-                                       "on the embedded model")
-    demo.add_argument("--out", default="out/demo")
+    demo = command("demo", "the main job: the quick CAFT generalization experiment (gender pronouns) on the embedded model")
+    demo.add_argument("--out", default="out/demo", help="experiment folder")
     demo.set_defaults(func=cmd_demo)
-    exp = sub.add_parser("experiment", help="an experiment file: the safety comparison (examples/safety.yaml) or a "
-                         "CAFT generalization experiment (examples/caft_gender.yaml, a file with a task: key)")
-    exp.add_argument("experiment", nargs="?", default=str(default_experiment()))
+    exp = command("experiment", "an experiment file: the safety comparison (examples/safety.yaml) or a CAFT "
+                  "generalization experiment (examples/caft_gender.yaml, a file with a task: key)")
+    exp.add_argument("experiment", nargs="?", default=str(default_experiment()), help="the experiment's YAML file")
     exp.add_argument("--quick", action="store_true", help="the experiment file's quick sizes (minutes)")
-    exp.add_argument("--out", default=None, help="experiment folder (default: its output_dir)")
-    exp.add_argument("--methods", default=None, help="comma-separated subset of the file's methods")
+    exp.add_argument("--out", default=None, help="experiment folder (default: the file's output_dir)")
+    exp.add_argument("--methods", default=None, help="comma-separated subset of the file's methods (default: all)")
     exp.set_defaults(func=cmd_experiment)
-    cache = sub.add_parser("cache", help="cache activations of harmful vs benign prompts to disk")
+    cache = command("cache", "cache activations of harmful vs benign prompts to disk")
     data_args(cache)
-    cache.add_argument("--out", required=True)
+    cache.add_argument("--out", required=True, help="activation store folder (resumes if it exists)")
     cache.set_defaults(func=cmd_cache)
-    probe = sub.add_parser("probe", help="probe sweep over every site of an activation store")
-    probe.add_argument("--store", required=True)
-    probe.add_argument("--out", required=True)
-    probe.add_argument("--folds", type=int, default=5)
-    probe.add_argument("--seed", type=int, default=0)
+    probe = command("probe", "probe sweep over every site of an activation store")
+    probe.add_argument("--store", required=True, help="activation store folder (from workbench cache)")
+    probe.add_argument("--out", required=True, help="folder for the table and the HTML plots")
+    probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    probe.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     probe.set_defaults(func=cmd_probe)
-    sites = sub.add_parser("sites", help="list valid site names")
-    sites.add_argument("--model", default=DEFAULT_MODEL)
-    sites.add_argument("--backend", default="transformer_lens")
+    sites = command("sites", "list valid site names")
+    sites.add_argument("--model", default=DEFAULT_MODEL, help="model whose sites to list")
+    sites.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS, help="model-wrapping backend")
     sites.set_defaults(func=cmd_sites)
-    train = sub.add_parser("train", help="fine-tune from a LLaMA-Factory-style YAML recipe")
-    train.add_argument("recipe")
+    train = command("train", "fine-tune from a LLaMA-Factory-style YAML recipe (lora | full | lofit | caft)")
+    train.add_argument("recipe", help="the recipe's YAML file (examples/recipes/)")
     train.set_defaults(func=cmd_train)
-    sae = sub.add_parser("sae", help="sparse autoencoders (sae-lens) on cached activations")
-    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
-    from .concepts.sae import add_train_arguments, run_train
+    sae = command("sae", "sparse autoencoders (sae-lens) on cached activations")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True, metavar="SAE_COMMAND")
+    sae_train = sae_sub.add_parser("train", help="train an SAE (progress bar); writes cfg.json, "
+                                   "sae_weights.safetensors, workbench.json", formatter_class=_Help)
+    if argv is None or (argv[:1] == ["sae"]):
+        from .concepts.sae import add_train_arguments, run_train
 
-    add_train_arguments(sae_sub.add_parser("train", help="train an SAE (progress bar); writes cfg.json, "
-                                           "sae_weights.safetensors, workbench.json")).set_defaults(func=run_train)
-    ev = sub.add_parser("eval", help="safety evaluation of a model or a training run")
-    ev.add_argument("target")
-    ev.add_argument("--size", default="quick", choices=["quick", "full"])
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max-new-tokens", type=int, default=48)
-    ev.add_argument("--out", default=None)
+        add_train_arguments(sae_train).set_defaults(func=run_train)
+    ev = command("eval", "safety evaluation of a model or a training run")
+    ev.add_argument("target", help="a model name or a training run folder")
+    ev.add_argument("--size", default="quick", choices=["quick", "full"], help="prompts per suite")
+    ev.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
+    ev.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per answer")
+    ev.add_argument("--out", default=None, help="output folder (default: TARGET/eval for a run, else out/eval/NAME)")
     ev.set_defaults(func=cmd_eval)
-    rep = sub.add_parser("report", help="compare evaluations side by side")
-    rep.add_argument("runs", nargs="+")
-    rep.add_argument("--out", required=True)
+    rep = command("report", "compare evaluations side by side")
+    rep.add_argument("runs", nargs="+", help="run folders or eval.json files")
+    rep.add_argument("--out", required=True, help="folder for report.html and results.md")
     rep.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:

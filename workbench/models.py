@@ -20,7 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -110,6 +113,8 @@ def _ensure_converted(name: str) -> Path:
     target = converted_path(name)
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
+    import torch
+
     model, tokenizer = _load_from_gguf(EMBEDDED[name], torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary folder and rename: an interrupted conversion never leaves a
@@ -136,6 +141,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
 
 def _tiny(name: str, dtype: torch.dtype):
     """``tiny-llama`` or ``tiny-llama-L{n}``: random Llama (d_model 64, 4 query / 2 KV heads)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     suffix = name[len(TINY_PREFIX) :]
@@ -165,13 +171,16 @@ def _tiny(name: str, dtype: torch.dtype):
     return model, tokenizer
 
 
-def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def load(name: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Load ``name`` and return ``(model, tokenizer)``, the model in eval mode.
 
     Attention is the eager implementation, the one TransformerLens hooks into, so that every
-    backend computes the same numbers.
+    backend computes the same numbers. ``dtype`` defaults to float32.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
 
     if name in EMBEDDED:
         folder = _ensure_converted(name)

@@ -380,26 +380,26 @@ def _sae_lens_version() -> str:
 # ============================================================================ command line
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``sae train`` (for ``workbench sae train`` to reuse)."""
-    p.add_argument("--site", default=DEFAULT_SITE, help=f"site to train on (default {DEFAULT_SITE})")
+    p.add_argument("--site", default=DEFAULT_SITE, help="site to train on")
     p.add_argument("--out", required=True, help="folder to write the SAE to, e.g. saes/smollm2-L15-topk")
     p.add_argument("--store", help="an ActivationStore folder with token rows (position all); built if missing "
                                    "(default $WORKBENCH_HOME/stores/sae-MODEL-SITE)")
     p.add_argument("--model", default=None, help="model for building the store (default: the embedded model)")
     p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="datasets for building the store")
     p.add_argument("--max-records", type=int, default=None, help="records per dataset when building the store")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="topk")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="topk", help="sae-lens architecture")
     p.add_argument("--d-sae", type=int, default=None, help="latents (default 4 x d_in)")
     p.add_argument("--k", type=int, default=32, help="active latents per token")
     p.add_argument("--tokens", type=int, default=None, help="training samples (default: --epochs passes)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the store (when --tokens is not given)")
+    p.add_argument("--batch-size", type=int, default=256, help="activation rows per optimizer step")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--normalize", default="auto",
                    help="sae-lens normalize_activations: auto (whiten with >= 50 x d_in rows), "
                         "covariance_whitening, expected_average_only_in, none")
     p.add_argument("--skip-first", default="auto", help="tokens skipped per record; 'auto' = the chat template's fixed prefix")
-    p.add_argument("--eval-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of rows held out for the metrics")
+    p.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed")
     return p
 
 
