@@ -50,3 +50,7 @@ def test_bad_inputs(chat):
         chat.encode(["a", "b"], ["x"])
     with pytest.raises(ValueError, match="padding_side"):
         chat.encode(["a"], padding_side="middle")
+    with pytest.raises(TypeError, match=r"prompt 1 is a int, not a string: 7"):
+        chat.encode(["a", 7])
+    with pytest.raises(TypeError, match=r"response 0 is a NoneType"):
+        chat.encode(["a"], [None])

@@ -110,3 +110,18 @@ def test_nnsight_backend_matches_transformer_lens(wb, wb_nnsight, prompts):
     hook = {"blocks.6.attn.hook_z[1]": lambda z, s: z * 3}
     torch.testing.assert_close(wb.forward(prompts, hooks=hook), wb_nnsight.forward(prompts, hooks=hook),
                                rtol=1e-4, atol=1e-3)  # float noise seen: 1.5e-4 on logits of ~20
+
+
+def test_hook_of_wrong_shape_names_the_site(wb, prompts):
+    from workbench.model import HookShapeError
+
+    batch = wb.tokenize(prompts[:2])
+    clean = wb.forward(batch)
+    site = "blocks.3.hook_resid_post"
+    with pytest.raises(HookShapeError, match=r"blocks\.3\.hook_resid_post.*returned \(2, 576\).*shape \(2, \d+, 576\)"):
+        with wb.hooks({site: lambda t, s: t[:, -1]}):
+            wb.forward(batch)
+    with pytest.raises(HookShapeError, match=r"blocks\.2\.attn\.hook_z\[1\].*returned list"):
+        with wb.hooks({"blocks.2.attn.hook_z[1]": lambda t, s: [0.0]}):
+            wb.forward(batch)
+    assert torch.equal(wb.forward(batch), clean)  # nothing left installed

@@ -103,6 +103,10 @@ class ChatFormatter:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+        for what, items in (("prompt", prompts), ("response", responses or [])):
+            for i, item in enumerate(items):
+                if not isinstance(item, str):
+                    raise TypeError(f"{what} {i} is a {type(item).__name__}, not a string: {item!r:.80}")
         rows, texts, spans = [], [], []
         for i, prompt in enumerate(prompts):
             text, user_end, prompt_end = self.render(prompt, None if responses is None else responses[i])

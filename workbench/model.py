@@ -254,8 +254,28 @@ def _stop(t: torch.Tensor, name: str) -> None:
     raise StopForward
 
 
+class HookShapeError(ValueError):
+    """A hook returned a tensor whose shape differs from the activation it was given."""
+
+
+def _checked(fn: UserHook, name: str) -> UserHook:
+    """``fn`` whose returned tensor (if any) must keep the activation's shape: a clear error naming
+    the site instead of a broadcasting failure deep inside the model."""
+
+    def run(t: torch.Tensor, site: str) -> torch.Tensor | None:
+        out = fn(t, site)
+        if out is not None and (not isinstance(out, torch.Tensor) or out.shape != t.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise HookShapeError(f"hook on {name!r} returned {got}; it must return None or a tensor of the "
+                                 f"activation's shape {tuple(t.shape)}")
+        return out
+
+    return run
+
+
 def _adapt(fn: UserHook, site: Site) -> HookFn:
     """Bind the site name; for a head site, hand ``fn`` that head's slice and write it back."""
+    fn = _checked(fn, site.name)
     if site.head is None:
         return lambda t: fn(t, site.name)
     h = site.head
