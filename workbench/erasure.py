@@ -1,7 +1,9 @@
 """LEACE: LEAst-squares Concept Erasure (Belrose et al. 2023, arXiv:2306.03819).
 
-EleutherAI's ``concept-erasure`` package is not a dependency (not installed here); this is a
-from-the-paper implementation of the closed-form eraser:
+The fit is EleutherAI's ``concept-erasure`` (``LeaceFitter``, exact settings: no covariance
+shrinkage, no trace constraint); this module adapts it to the workbench (fold-safe
+:func:`erasure_check`, an eraser that is a ``fn(tensor, site)`` hook, safetensors files). The
+closed-form eraser:
 
     r(x) = x - W^+ P_{W Sigma_XZ} W (x - E[x])
 
@@ -68,7 +70,11 @@ class LeaceEraser:
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, X: torch.Tensor, z) -> LeaceEraser:
-        """Fit on ``X [N, d]`` and concept labels ``z`` (``[N]`` class ids or ``[N, k]``); float64 inside."""
+        """Fit on ``X [N, d]`` and concept labels ``z`` (``[N]`` class ids or ``[N, k]``) with
+        ``concept_erasure.LeaceFitter`` in float64 (exact LEACE: no shrinkage, no trace constraint;
+        singular values of ``W Sigma_XZ`` below ``tol`` relative to the largest are dropped)."""
+        from concept_erasure import LeaceFitter
+
         if X.dim() != 2:
             raise ValueError(f"X must be [N, d], got {tuple(X.shape)}")
         if not torch.isfinite(X).all():
@@ -76,20 +82,14 @@ class LeaceEraser:
         n, d = X.shape
         Xd = X.detach().double()
         Z = _one_hot(z, n).to(Xd.device)
-        mean = Xd.mean(0)
-        Xc = Xd - mean
-        sigma_xx = Xc.T @ Xc / n  # [d, d]
-        sigma_xz = Xc.T @ (Z - Z.mean(0)) / n  # [d, k]
+        fitter = LeaceFitter(d, Z.shape[1], "leace", affine=True, constrain_cov_trace=False, shrinkage=False,
+                             device=Xd.device, dtype=torch.float64, svd_tol=1e-300).update(Xd, Z)
+        eraser = fitter.eraser
+        # the singular values of W Sigma_XZ: row norms of proj_right @ Sigma_XZ (= U^T W Sigma_XZ)
+        sv = (eraser.proj_right @ fitter.sigma_xz).norm(dim=1)
         tol = self.tol if self.tol is not None else max(n, d) * torch.finfo(torch.float64).eps
-        evals, V = torch.linalg.eigh(sigma_xx)
-        keep = evals > tol * evals.max().clamp_min(1e-300)
-        sq = torch.where(keep, evals.clamp_min(0).sqrt(), torch.zeros_like(evals))
-        inv_sq = torch.where(keep, 1 / sq.clamp_min(1e-300), torch.zeros_like(evals))
-        W = (V * inv_sq) @ V.T  # (Sigma^{1/2})^+
-        W_pinv = (V * sq) @ V.T  # Sigma^{1/2}
-        U, s, _ = torch.linalg.svd(W @ sigma_xz, full_matrices=False)
-        U = U[:, s > tol * s.max().clamp_min(1e-300)] if s.numel() and s.max() > 0 else U[:, :0]
-        self.mean, self.proj_left, self.proj_right = mean, W_pinv @ U, U.T @ W
+        keep = sv > tol * sv.max().clamp_min(1e-300)
+        self.mean, self.proj_left, self.proj_right = fitter.mean_x.clone(), eraser.proj_left[:, keep], eraser.proj_right[keep]
         self.n_fit = n
         self._cache = {}
         return self
