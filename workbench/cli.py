@@ -3,11 +3,11 @@
     workbench demo [--out out/demo]                         the main job: the quick CAFT gender experiment
     workbench experiment [FILE.yaml] [--quick] [--out DIR]  safety.yaml: cache, probe, train, evaluate; caft_*.yaml: CAFT generalization
     workbench cache --out DIR [--model M] [--harmful advbench,harmbench] [--benign benign_instructions]
-                    [--sites resid_post,z] [--position last] [--n-per-class N] [--split train]
+                    [--sites resid_post,z] [--position last] [--n-per-class N] [--split train] [--prompts FILE]
     workbench probe --store DIR --out DIR [--folds 5]       probe sweep -> table + HTML plots
     workbench sites [--model M]                             list valid site names
     workbench train RECIPE.yaml                             fine-tune (lora | full | lofit | caft) -> run folder
-    workbench eval MODEL_OR_RUN [--size quick|full] [--out DIR]   safety evaluation -> eval.json + report.html
+    workbench eval MODEL_OR_RUN [--size quick|full] [--prompts FILE] [--out DIR]   safety evaluation -> eval.json + report.html
     workbench report RUN_OR_EVAL... --out DIR               side-by-side comparison of evaluations
 """
 
@@ -20,8 +20,10 @@ from pathlib import Path
 
 
 def _records(args):
-    from .data import harmful_vs_benign
+    from .data import harmful_vs_benign, load_prompt_file
 
+    if args.prompts:
+        return load_prompt_file(args.prompts)
     return harmful_vs_benign(harmful=args.harmful.split(","), benign=args.benign.split(","),
                              n_per_class=args.n_per_class, split=args.split, seed=args.seed,
                              match_lengths=True)
@@ -122,11 +124,21 @@ def _load_for_eval(target: str):
 def cmd_eval(args) -> Path:
     from .evals import build_suites, evaluate, load_metrics, save_metrics, write_report
 
+    suites = {}
+    if args.prompts:
+        from .data import load_prompt_file
+        from .evals import prompt_suites
+
+        suites = prompt_suites(load_prompt_file(args.prompts), Path(args.prompts).stem)
+    if not args.only_prompts:
+        suites = {**build_suites(args.size, args.seed), **suites}
+    elif not suites:
+        raise ValueError("--only-prompts needs --prompts FILE")
     wb, deployed = _load_for_eval(args.target)
     out = Path(args.out or (Path(args.target) / "eval" if Path(args.target).is_dir() else Path("out/eval") / args.target))
     t0 = time.perf_counter()
     with wb.hooks(deployed):
-        metrics = evaluate(wb, build_suites(args.size, args.seed), max_new_tokens=args.max_new_tokens)
+        metrics = evaluate(wb, suites, max_new_tokens=args.max_new_tokens)
     path = save_metrics(metrics, out / "eval.json", wb.model_id, args.size, args.seed)
     report = write_report({Path(args.target).name: load_metrics(path)}, out)
     for name, m in metrics.items():
@@ -185,6 +197,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p.add_argument("--position", default="last", help="last, mean, all, or token:WORD")
         p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
         p.add_argument("--seed", type=int, default=0, help="seed for sampling and length matching")
+        p.add_argument("--prompts", default=None, help="your own prompts instead of the datasets: a .jsonl or .csv "
+                       "file with a prompt and a label (harmful/benign) column")
 
     demo = command("demo", "the main job: the quick CAFT generalization experiment (gender pronouns) on the embedded model")
     demo.add_argument("--out", default="out/demo", help="experiment folder")
@@ -227,6 +241,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
     ev.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per answer")
     ev.add_argument("--out", default=None, help="output folder (default: TARGET/eval for a run, else out/eval/NAME)")
+    ev.add_argument("--prompts", default=None, help="also evaluate your own prompts: a .jsonl or .csv file with a "
+                    "prompt and a label (harmful/benign) column -> refusal / compliance rates in the same report")
+    ev.add_argument("--only-prompts", action="store_true", help="evaluate only the --prompts file")
     ev.set_defaults(func=cmd_eval)
     rep = command("report", "compare evaluations side by side")
     rep.add_argument("runs", nargs="+", help="run folders or eval.json files")

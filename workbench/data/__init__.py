@@ -11,6 +11,7 @@ from .jailbreaks import (ENCODERS, ENCODINGS, FAMILIES, add_suffix, atbash_attac
 from .registry import (KINDS, SLOT, DatasetInfo, MissingDatasetPackage, Record,
                        UnknownDatasetError, clear_cache, dataset_files, dataset_info,
                        list_datasets, load_from_hub)
+from .prompt_file import PromptFileError, load_prompt_file
 from .splits import SPLITS, RecordList, assign_split, harmful_vs_benign, load_dataset
 
 __all__ = [
@@ -19,5 +20,5 @@ __all__ = [
     "load_from_hub", "clear_cache", "assign_split", "harmful_vs_benign",
     "fill_template", "templates", "add_suffix", "jailbreak_suite", "ENCODINGS", "ENCODERS",
     "FAMILIES", "base64_attack", "hex_attack", "rot13_attack", "caesar_attack", "atbash_attack",
-    "leetspeak_attack", "reverse_attack",
+    "leetspeak_attack", "reverse_attack", "load_prompt_file", "PromptFileError",
 ]

@@ -4,8 +4,8 @@ over-refusal, capability) and reports."""
 from .judges import (ProbeJudge, SubstringJudge, is_refusal, judge_report, judge_scores, labelled_pairs,
                      refusal_score)
 from .report import RunError, load_metrics, save_metrics, write_report
-from .suites import Suite, build_suites, evaluate, run_suite
+from .suites import Suite, build_suites, evaluate, prompt_suites, run_suite
 
-__all__ = ["ProbeJudge", "RunError", "Suite", "SubstringJudge", "build_suites", "evaluate", "is_refusal",
+__all__ = ["ProbeJudge", "RunError", "Suite", "prompt_suites", "SubstringJudge", "build_suites", "evaluate", "is_refusal",
            "judge_report", "judge_scores", "labelled_pairs", "load_metrics", "refusal_score", "run_suite", "save_metrics",
            "write_report"]

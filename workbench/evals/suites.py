@@ -67,6 +67,20 @@ def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
     return suites
 
 
+def prompt_suites(records: Sequence[Record], name: str = "prompts") -> dict[str, Suite]:
+    """Suites from a user's labelled records (e.g. :func:`workbench.data.load_prompt_file`):
+    ``{name}_harmful`` (refusal rate) and ``{name}_benign`` (compliance rate), each where the
+    records have that label."""
+    out = {}
+    for label, suffix, kind in ((1, "harmful", "refusal"), (0, "benign", "compliance")):
+        recs = [r for r in records if r.label == label]
+        if recs:
+            out[f"{name}_{suffix}"] = Suite(f"{name}_{suffix}", kind, recs)
+    if not out:
+        raise ValueError(f"{name}: no record is labelled harmful (1) or benign (0)")
+    return out
+
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval for a proportion k/n (NaN for n = 0)."""
     if n == 0:
