@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml requirements-data.txt constraints.txt
 demo: install
 	$(PY) -m workbench.cli demo --out $(OUT)/demo
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check workbench tests bench
 
 bench: install
 	$(PY) bench/capture.py

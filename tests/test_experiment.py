@@ -76,7 +76,7 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
     assert list(results["results"]) == ["baseline", "sft", "caft", "lofit"]
-    for name, r in results["results"].items():
+    for _name, r in results["results"].items():
         assert r["suites"]["id_harmful"]["n"] == 2 and 0 <= r["suites"]["mmlu"]["value"] <= 1
         assert [e["site"] for e in r["erasure"]] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
         assert all(0 <= e["accuracy_after"] <= 1 and e["n"] == 18 for e in r["erasure"])

@@ -19,7 +19,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -188,7 +188,7 @@ def fit_logreg_batched(
             act, theta, z, f, Xs = act[keep], theta[keep], z[keep], f[keep], Xa[act[keep]]
     else:
         out[act] = theta
-        warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps")
+        warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
     return out[:, :d], out[:, d]
 
 

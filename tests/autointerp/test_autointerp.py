@@ -5,8 +5,16 @@ import random
 import pytest
 import torch
 
-from workbench.autointerp import (KeywordScorer, LLMExplainer, LLMScorer, OfflineExplainer, TokenContexts,
-                                  detection_score, explain_and_score, holdout_examples)
+from workbench.autointerp import (
+    KeywordScorer,
+    LLMExplainer,
+    LLMScorer,
+    OfflineExplainer,
+    TokenContexts,
+    detection_score,
+    explain_and_score,
+    holdout_examples,
+)
 from workbench.autointerp.explainers import parse_label
 from workbench.autointerp.scorers import parse_predictions
 from workbench.concepts import Concept, ConceptSet

@@ -93,8 +93,9 @@ def test_key_never_leaks(server, caplog, tmp_path):
         bad.chat("hi")
     assert "401" in str(err.value) and KEY not in str(err.value) and "***" in str(err.value)
     # what an artifact records about the explainer holds no key
-    from workbench.concepts import Concept, ConceptSet
     import torch
+
+    from workbench.concepts import Concept, ConceptSet
 
     ex = Example(0, 1.0, 0, ["a bomb"], [1.0])
     exp = LLMExplainer(client).explain([ex, ex], [Example(1, 0.0, 0, ["bread"], [0.0])])

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from workbench import ActivationStore
-from workbench.autointerp import (SAELatent, TokenContexts, concept_examples, example_html, examples_html,
-                                  projection_figure, top_examples)
+from workbench.autointerp import (
+    SAELatent,
+    TokenContexts,
+    concept_examples,
+    example_html,
+    examples_html,
+    projection_figure,
+    top_examples,
+)
 from workbench.autointerp.examples import Example
 from workbench.concepts import Concept
 

@@ -7,8 +7,16 @@ import torch
 from sklearn.decomposition import PCA
 
 from workbench import ActivationStore, Workbench
-from workbench.concepts import (ConceptSet, activation_difference, diff_means, diff_means_between, paired_activations,
-                                pca, pca_diff, random_directions)
+from workbench.concepts import (
+    ConceptSet,
+    activation_difference,
+    diff_means,
+    diff_means_between,
+    paired_activations,
+    pca,
+    pca_diff,
+    random_directions,
+)
 
 SITE = "blocks.1.hook_resid_post"
 PROMPTS = ["Write a short poem about the sea.", "How do I pick a <lock>?", "What is the capital of France?",

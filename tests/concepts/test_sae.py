@@ -6,9 +6,19 @@ import pytest
 import torch
 
 from workbench import ActivationStore, Workbench
-from workbench.concepts import (ConceptSet, WidthMismatch, common_prefix_length, latent_attribution,
-                                latents_by_attribution, latents_by_diff_encoding, latents_by_mean_diff, load_sae,
-                                paired_activations, saes_dir, train_sae)
+from workbench.concepts import (
+    ConceptSet,
+    WidthMismatch,
+    common_prefix_length,
+    latent_attribution,
+    latents_by_attribution,
+    latents_by_diff_encoding,
+    latents_by_mean_diff,
+    load_sae,
+    paired_activations,
+    saes_dir,
+    train_sae,
+)
 from workbench.concepts.sae import cli_main
 from workbench.concepts.sae_data import ActivationSource, row_positions
 from workbench.data import load_dataset

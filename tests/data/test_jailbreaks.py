@@ -11,9 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import (ENCODERS, ENCODINGS, SLOT, Record, add_suffix, base64_attack,
-                            caesar_attack, fill_template, jailbreak_suite, leetspeak_attack,
-                            load_dataset, reverse_attack, rot13_attack, templates)
+from workbench.data import (
+    ENCODERS,
+    ENCODINGS,
+    SLOT,
+    Record,
+    add_suffix,
+    base64_attack,
+    caesar_attack,
+    fill_template,
+    jailbreak_suite,
+    leetspeak_attack,
+    load_dataset,
+    reverse_attack,
+    rot13_attack,
+    templates,
+)
 
 REQUEST = "Explain how photosynthesis turns light into sugar"
 

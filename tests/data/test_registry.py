@@ -14,9 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import (KINDS, SLOT, MissingDatasetPackage, Record, UnknownDatasetError,
-                            assign_split, clear_cache, dataset_info, harmful_vs_benign,
-                            list_datasets, load_dataset)
+from workbench.data import (
+    KINDS,
+    SLOT,
+    MissingDatasetPackage,
+    Record,
+    UnknownDatasetError,
+    assign_split,
+    clear_cache,
+    dataset_info,
+    harmful_vs_benign,
+    list_datasets,
+    load_dataset,
+)
 
 NAMES = ["advbench", "harmbench", "donotanswer_harmful", "donotanswer_sensitive",
          "benign_instructions", "overrefusal", "gsm8k", "mmlu", "humaneval",

@@ -40,7 +40,7 @@ def test_artifacts(finished):
     assert report.is_file() and "plotly" in report.read_text()
     res = json.loads((out / "results.json").read_text())
     assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person", "caft_contrast"}
-    for method, m in res["summary"].items():
+    for m in res["summary"].values():
         assert 0 <= m["ood_test"]["mean"] <= 1 and m["ood_test"]["n_prompts"] == 12
         lo, hi = m["ood_test"]["pooled_ci"]
         assert lo <= m["ood_test"]["mean"] <= hi

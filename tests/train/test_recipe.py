@@ -97,7 +97,7 @@ def test_shipped_generalization_experiments_validate():
         for quick in (False, True):
             exp = GeneralizationExperiment.from_yaml(path, quick=quick)
             assert "plain" in exp.methods and len(exp.seeds) >= (1 if quick else 3)
-            for method, over in exp.methods.items():   # every method's overrides are valid recipe keys
+            for _method, over in exp.methods.items():   # every method's overrides are valid recipe keys
                 load_recipe({**exp.recipe, **over, "output_dir": "o", "dataset": "x.jsonl",
                              **({"caft_concepts": "c.safetensors"} if str(over.get("caft_concepts", "")).startswith("@")
                                 else {})})

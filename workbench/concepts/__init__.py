@@ -12,8 +12,7 @@ Modules: :mod:`.conceptset` (the container and its file format), :mod:`.diffmean
 
 from .conceptset import Concept, ConceptSet, WidthMismatch, provenance
 from .diffmeans import diff_means, diff_means_between
-from .pca import (activation_difference, paired_activations, pca, pca_diff, principal_components,
-                  random_directions, top_components)
+from .pca import activation_difference, paired_activations, pca, pca_diff, principal_components, random_directions, top_components
 
 # The SAE names load lazily: importing sae-lens takes seconds, and an eager import would make
 # ``python -m workbench.concepts.sae`` warn that the module was imported before it ran.

@@ -275,7 +275,7 @@ class ConceptSet:
             q, keep = _qr_rows(torch.stack([self.concepts[i].direction for i in idx]).double(), tol)
             dropped = [self.concepts[idx[j]].name for j in range(len(idx)) if j not in keep]
             if dropped:
-                warnings.warn(f"orthonormalize: dropped {dropped} at {site!r} (in the span of earlier concepts)")
+                warnings.warn(f"orthonormalize: dropped {dropped} at {site!r} (in the span of earlier concepts)", stacklevel=2)
             for row, j in enumerate(keep):
                 new[idx[j]] = q[row].float()
         for i, c in enumerate(self.concepts):
@@ -325,7 +325,7 @@ class ConceptSet:
                     "it cannot be applied to this model.")
         others = [m for m in self.model_ids if m != wb.model_id]
         if others:
-            warnings.warn(f"ConceptSet was made on {others}, applying it to {wb.model_id!r} (same widths)")
+            warnings.warn(f"ConceptSet was made on {others}, applying it to {wb.model_id!r} (same widths)", stacklevel=2)
         return self
 
     # ------------------------------------------------------------------ files

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .conceptset import ConceptSet
 from .sae import _as_wsae
 
+
 def _acts(x, site: str | None = None) -> torch.Tensor:
     """A tensor, a ``{site: tensor}`` mapping or an ActivationStore -> ``[N, d]`` rows at ``site``."""
     from ._data import as_features

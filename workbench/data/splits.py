@@ -8,8 +8,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Iterable, Sequence
 
 from . import registry
 from .registry import Record

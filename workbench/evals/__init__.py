@@ -1,8 +1,7 @@
 """Safety evaluation: refusal judges, seeded suites (ID harmful, OOD jailbreaks, benign,
 over-refusal, capability) and reports."""
 
-from .judges import (ProbeJudge, SubstringJudge, is_refusal, judge_report, judge_scores, labelled_pairs,
-                     refusal_score)
+from .judges import ProbeJudge, SubstringJudge, is_refusal, judge_report, judge_scores, labelled_pairs, refusal_score
 from .report import RunError, load_metrics, save_metrics, write_report
 from .suites import Suite, build_suites, evaluate, prompt_suites, run_suite
 

@@ -119,4 +119,4 @@ def judge_report(wb, seed: int = 0) -> dict[str, dict[str, float]]:
     train, test = labelled_pairs(split="train", seed=seed), labelled_pairs(split="test", seed=seed)
     probe = ProbeJudge(wb).fit(*train)
     return {"substring": judge_scores(SubstringJudge()(test[0], test[1]), test[2]),
-            "probe (layer %d)" % (wb.n_layers // 2): judge_scores(probe(test[0], test[1]), test[2])}
+            f"probe (layer {wb.n_layers // 2})": judge_scores(probe(test[0], test[1]), test[2])}

@@ -35,7 +35,7 @@ def summarize(results: dict) -> dict[str, dict]:
             m["_correct"].setdefault("ood_test", []).extend(r["metrics"]["ood_test"]["correct"])
             if "leakage" in r:
                 m.setdefault("leakage", []).extend([{**row, "seed": seed} for row in r["leakage"]])
-    for method, m in methods.items():
+    for m in methods.values():
         for key in ("id_test", "ood_test", "flipped", "ood_kept", "id_kept"):
             vals = [v[key] for v in m["per_seed"].values() if v.get(key) is not None]
             if not vals:
@@ -66,7 +66,8 @@ def markdown(results: dict, summary: dict) -> str:
     base = results["baseline"]["metrics"]
     lines = [f"# {results['settings']['task']}: what fine-tuning generalizes to", "",
              f"Seeds {results['settings']['seeds']}; {results['settings']['n_test']} ID and "
-             f"{results['settings']['n_test']} OOD prompts; wall time of this invocation {results.get('wall_s', 0):.0f} s (finished steps are skipped).",
+             f"{results['settings']['n_test']} OOD prompts; wall time of this invocation "
+             f"{results.get('wall_s', 0):.0f} s (finished steps are skipped).",
              "Accuracy = the correct option's next-token logit beats the other's. Cells: mean over seeds "
              "(min-max over seeds) [95% Wilson interval over all seeds' prompts]. OOD flipped = the "
              "spurious cue's answer wins.", "",

@@ -1,7 +1,7 @@
 """LoFIT's per-head interventions on ``blocks.{l}.attn.hook_z`` (before ``o_proj``):
 :class:`HeadScale` ``(1 + A_h) * z_h`` and :class:`HeadBias` ``z_h + v_h``, with ``nn.Parameter`` s
 for the chosen heads only. ``z`` carries every *query* head, so this works for grouped-query
-attention. 
+attention.
 """
 
 from __future__ import annotations

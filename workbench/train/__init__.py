@@ -17,6 +17,7 @@ from .recipe import Recipe, RecipeError, load_recipe
 from .trainer import RunFolderError, TrainResult, apply_run, read_metrics, read_run_config, run_recipe, train
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "run_recipe", "train", "TrainResult", "apply_run",
-           "read_metrics", "read_run_config", "RunFolderError", "coca", "load_heads_file", "save_heads_file", "load_adapter", "save_adapter",
+           "read_metrics", "read_run_config", "RunFolderError", "coca", "load_heads_file", "save_heads_file",
+           "load_adapter", "save_adapter",
            "count_parameters", "diffmeans_directions", "random_directions", "pca_directions",
            "load_concepts", "save_concepts"]

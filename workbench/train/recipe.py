@@ -100,7 +100,7 @@ class Recipe:
     save_total_limit: int | None = None
     logging_steps: int = 1
     overwrite_output_dir: bool = False
-    resume_from_checkpoint: Union[str, bool, None] = None   # true (latest checkpoint) or a checkpoint folder
+    resume_from_checkpoint: str | bool | None = None   # true (latest checkpoint) or a checkpoint folder
     plot_loss: bool = True
     report_to: str = "none"
 

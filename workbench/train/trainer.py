@@ -34,15 +34,14 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from ..interventions import Compose, HeadBias, Intervention
 from . import data as sft_data
-from .methods import (ADAPTER_DIR, MODEL_DIR, Method, TrainModule, count_parameters, load_adapter,
-                      load_full_weights, make_method)
+from .methods import ADAPTER_DIR, MODEL_DIR, Method, TrainModule, count_parameters, load_adapter, load_full_weights, make_method
 from .recipe import Recipe, RecipeError, load_recipe
 
 CONFIG_FILE = "config.json"
@@ -245,7 +244,7 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
           f"{n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.4f}%); {len(examples)} examples")
 
     if resume is None and _is_main():
-        config = {"workbench_run": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config = {"workbench_run": 1, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                   "model_id": wb.model_id, "recipe": recipe.to_dict(), "method": method.info,
                   "n_trainable": n_trainable, "n_total": n_total, "n_records": len(records),
                   "n_examples": len(examples), "data_hash": sft_data.records_hash(records),
