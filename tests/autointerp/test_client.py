@@ -27,7 +27,15 @@ class Handler(BaseHTTPRequestHandler):
         srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         if srv.fail_next:
             srv.fail_next -= 1
-            return self._send(503, {"error": {"message": "overloaded"}})
+            return self._send(srv.fail_status, {"error": {"message": "overloaded"}})
+        if srv.mode == "slow":
+            import time
+
+            time.sleep(1.5)
+        if srv.mode == "not json":
+            return self._send(200, None, raw=b"<html>gateway error</html>")
+        if srv.mode == "no choices":
+            return self._send(200, {"id": "x", "object": "chat.completion", "weird": True})
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}"}})
         if srv.require_key and self.headers.get("Authorization") != f"Bearer {KEY}":
@@ -44,8 +52,8 @@ class Handler(BaseHTTPRequestHandler):
                                       "message": {"role": "assistant", "content": content}}],
                          "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
-    def _send(self, status, obj):
-        data = json.dumps(obj).encode()
+    def _send(self, status, obj, raw=None):
+        data = raw if raw is not None else json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -56,7 +64,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.requests, srv.fail_next, srv.require_key = [], 0, True
+    srv.requests, srv.fail_next, srv.require_key, srv.fail_status, srv.mode = [], 0, True, 503, None
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -106,12 +114,12 @@ def test_key_never_leaks(server, caplog, tmp_path):
 
 def test_retries_then_errors(server):
     server.fail_next = 1
-    client = ChatClient(url(server), "m", api_key=KEY, max_retries=2, backoff=0.01)
+    client = ChatClient(url(server), "m", api_key=KEY, max_retries=2)
     assert client.chat("x").endswith("bomb making")
     assert len(server.requests) == 2  # one 503, then success
     server.fail_next = 5
     with pytest.raises(ChatClientError, match="503"):
-        ChatClient(url(server), "m", api_key=KEY, max_retries=1, backoff=0.01).chat("x")
+        ChatClient(url(server), "m", api_key=KEY, max_retries=1).chat("x")
     server.fail_next = 0
     with pytest.raises(ChatClientError, match="404"):
         ChatClient(url(server) + "/wrong", "m", api_key=KEY).chat("x")
@@ -119,6 +127,21 @@ def test_retries_then_errors(server):
         ChatClient("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=2).chat("x")  # discard port: refused
     with pytest.raises(ValueError, match="model"):
         ChatClient(url(server), None)
+
+
+def test_rate_limit_timeout_and_malformed_answers(server):
+    server.fail_next, server.fail_status = 1, 429   # rate limited once, then served
+    assert ChatClient(url(server), "m", api_key=KEY, max_retries=1).chat("x").endswith("bomb making")
+    assert len(server.requests) == 2 and server.requests[0]["body"].get("stream") is False
+    server.mode = "slow"
+    with pytest.raises(ChatClientError, match="timed out"):
+        ChatClient(url(server), "m", api_key=KEY, max_retries=0, timeout=0.3).chat("x")
+    server.mode = "not json"
+    with pytest.raises(ChatClientError, match="invalid JSON|not a chat completion|unexpected response"):
+        ChatClient(url(server), "m", api_key=KEY, max_retries=0).chat("x")
+    server.mode = "no choices"
+    with pytest.raises(ChatClientError, match="unexpected response shape"):
+        ChatClient(url(server), "m", api_key=KEY, max_retries=0).chat("x")
 
 
 def test_explainer_and_scorer_over_http(server):

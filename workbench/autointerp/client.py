@@ -1,7 +1,8 @@
 """Chat clients for the explainers and scorers.
 
-:class:`ChatClient` speaks the OpenAI chat-completions protocol over plain ``urllib`` (no extra
-package), so it works with OpenAI, vLLM (``vllm serve ...`` -> ``http://host:8000/v1``), Ollama
+:class:`ChatClient` speaks the OpenAI chat-completions protocol through the official ``openai``
+package (streaming off; its retries with backoff on connection errors, 408/409/429/5xx and
+``Retry-After``), so it works with OpenAI, vLLM (``vllm serve ...`` -> ``http://host:8000/v1``), Ollama
 (``http://localhost:11434/v1``), llama.cpp's server and similar. Configuration comes from the
 arguments or the environment:
 
@@ -27,9 +28,7 @@ import json
 import logging
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ ENV_BASE_URL = ("WORKBENCH_LLM_BASE_URL", "OPENAI_BASE_URL")
 ENV_MODEL = ("WORKBENCH_LLM_MODEL", "OPENAI_MODEL")
 ENV_API_KEY = ("WORKBENCH_LLM_API_KEY", "OPENAI_API_KEY")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
 
 
 class ChatClientError(RuntimeError):
@@ -69,13 +67,12 @@ class ChatClient:
         base_url: e.g. ``http://localhost:11434/v1``; ``/chat/completions`` is appended.
         model: the served model name. api_key: bearer token (optional for local servers).
         temperature, max_tokens: sampling defaults for :meth:`chat`.
-        timeout: seconds per request. max_retries: retries on connection errors and 408/409/429/5xx,
-            with exponential backoff from ``backoff`` seconds.
+        timeout: seconds per request. max_retries: retries on connection errors, timeouts and
+            408/409/429/5xx (``openai``'s exponential backoff, honouring ``Retry-After``).
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None, *,
-                 temperature: float = 0.0, max_tokens: int = 256, timeout: float = 60.0, max_retries: int = 2,
-                 backoff: float = 0.5):
+                 temperature: float = 0.0, max_tokens: int = 256, timeout: float = 60.0, max_retries: int = 2):
         self.base_url = (base_url or _env(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
         self.model = model or _env(ENV_MODEL)
         if not self.model:
@@ -84,7 +81,8 @@ class ChatClient:
             raise ValueError(f"base_url must start with http:// or https://, got {redact_url(self.base_url)!r}")
         self.__key = api_key if api_key is not None else _env(ENV_API_KEY)
         self.temperature, self.max_tokens = temperature, max_tokens
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.timeout, self.max_retries = timeout, max_retries
+        self._sdk = None  # the openai.OpenAI client, made on first use
 
     # -- the key stays out of every representation ------------------------------------
     @property
@@ -102,6 +100,7 @@ class ChatClient:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_ChatClient__key", None)
+        state["_sdk"] = None  # holds the key
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -116,41 +115,42 @@ class ChatClient:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
+    def _client(self):
+        if self._sdk is None:
+            import openai
+
+            self._sdk = openai.OpenAI(base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries,
+                                      api_key=self.__key or "unused")  # keyless: the header is omitted per request
+        return self._sdk
+
     def complete(self, messages: Sequence[dict], **params) -> dict:
-        """POST the request and return the decoded JSON response."""
+        """One chat completion (streaming off); returns the response as a dict."""
+        import openai
+
         body = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
                 "max_tokens": self.max_tokens, **params}
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.__key:
-            headers["Authorization"] = f"Bearer {self.__key}"
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            t0 = time.perf_counter()
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = resp.read()
-                log.debug("POST %s model=%s messages=%d -> %d bytes in %.2fs", redact_url(self.url), self.model,
-                          len(body["messages"]), len(payload), time.perf_counter() - t0)
-                try:
-                    return json.loads(payload)
-                except json.JSONDecodeError as err:
-                    raise ChatClientError(f"{redact_url(self.url)} answered with invalid JSON: "
-                                          f"{self._mask(payload[:200].decode(errors='replace'))!r}") from err
-            except urllib.error.HTTPError as err:
-                detail = self._mask(err.read()[:500].decode(errors="replace"))
-                last = ChatClientError(f"HTTP {err.code} from {redact_url(self.url)}: {detail}")
-                log.debug("POST %s -> HTTP %d (attempt %d)", redact_url(self.url), err.code, attempt + 1)
-                if err.code not in RETRY_STATUS:
-                    raise last from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                reason = getattr(err, "reason", err)
-                last = ChatClientError(f"cannot reach {redact_url(self.url)}: {self._mask(str(reason))}")
-                log.debug("POST %s failed: %s (attempt %d)", redact_url(self.url), self._mask(str(reason)), attempt + 1)
-            if attempt < self.max_retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise last  # type: ignore[misc]
+        t0 = time.perf_counter()
+        try:
+            no_auth = {} if self.__key else {"extra_headers": {"Authorization": openai.Omit()}}
+            resp = self._client().chat.completions.create(stream=False, **body, **no_auth)
+        except openai.APIStatusError as err:
+            detail = self._mask(err.response.text[:500])
+            raise ChatClientError(f"HTTP {err.status_code} from {redact_url(self.url)}: {detail}") from None
+        except openai.APIConnectionError as err:  # includes timeouts
+            what = "timed out" if isinstance(err, openai.APITimeoutError) else "cannot reach"
+            cause = self._mask(str(err.__cause__ or err))
+            raise ChatClientError(f"{what} {redact_url(self.url)} after {self.max_retries + 1} attempt(s): {cause}") from None
+        except json.JSONDecodeError as err:
+            raise ChatClientError(f"{redact_url(self.url)} answered with invalid JSON ({err.msg})") from None
+        except openai.APIError as err:  # a 200 whose body is not a completion
+            raise ChatClientError(f"{redact_url(self.url)} answered with something that is not a chat completion: "
+                                  f"{self._mask(str(err))[:300]}") from None
+        if not hasattr(resp, "model_dump"):  # e.g. a body that is not JSON comes back as text
+            raise ChatClientError(f"{redact_url(self.url)} answered with invalid JSON: {self._mask(str(resp))[:200]!r}")
+        out = resp.model_dump()
+        log.debug("POST %s model=%s messages=%d in %.2fs", redact_url(self.url), self.model, len(body["messages"]),
+                  time.perf_counter() - t0)
+        return out
 
     def chat(self, messages: Sequence[dict] | str, **params) -> str:
         """The assistant's reply text to ``messages`` (a list of ``{"role", "content"}`` or one user string)."""
