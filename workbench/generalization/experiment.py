@@ -69,7 +69,8 @@ class GeneralizationExperiment:
     recipe: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     person_pick: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-    leakage_n: int = 160
+    score_n: int = 160          # training prompts for @contrast and the components' attribute scores
+    leakage_n: int = 160        # training prompts for the leakage check (0: no check)
     quick: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -208,7 +209,7 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     info_path = folder / "concepts.json"
     refs = {r: folder / f"{r[1:]}.safetensors" for r in REFS}
     base = _load(exp)
-    score_recs = train_recs[: exp.leakage_n]
+    score_recs = train_recs[: exp.score_n]
     labels = attribute_labels(score_recs, exp.attributes)
     contrast_concepts(exp, base, score_recs, labels["spurious"], refs["@contrast"])
     if info_path.is_file() and (json.loads(info_path.read_text()).get("pca") or not needs_pca(exp)):
@@ -313,8 +314,9 @@ def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=
 
 
 def run_generalization(path: str | Path, quick: bool = False, out: str | Path | None = None,
-                       methods: list[str] | None = None) -> Path:
-    """Run (or resume) the experiment; returns the path of ``report.html``."""
+                       methods: list[str] | None = None, seeds: list[int] | None = None) -> Path:
+    """Run (or resume) the experiment (``methods`` / ``seeds``: a subset of the file's); returns the
+    path of ``report.html``."""
     from ..train.coca import write_jsonl
     from .report import write_reports
 
@@ -325,6 +327,8 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
         if unknown:
             raise GeneralizationError(f"unknown methods {unknown}; the file has {list(exp.methods)}")
         exp.methods = {m: exp.methods[m] for m in [PLAIN, *methods] if m in exp.methods}
+    if seeds is not None:
+        exp.seeds = list(seeds)
     out = Path(out or exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in dataclasses.asdict(exp).items() if k not in ("quick", "output_dir")}
@@ -335,7 +339,7 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
     for seed in exp.seeds:
         train_recs = task_records(exp, "train", seed)
         write_jsonl(train_recs, out / "data" / f"train_{seed}.jsonl")
-        leak = random.Random(seed).sample(train_recs, min(exp.leakage_n, len(train_recs)))
+        leak = random.Random(seed).sample(train_recs, min(exp.leakage_n, len(train_recs))) if exp.leakage_n else None
         seed_res: dict[str, Any] = {}
         train_method(exp, PLAIN, seed, out, {}, 1)
         needs_concepts = any(m != PLAIN and v.get("finetuning_type") == "caft" for m, v in exp.methods.items())
