@@ -56,15 +56,16 @@ class Workbench:
         model_id: a name recorded in every artifact's manifest.
         backend: ``"transformer_lens"`` (default) or ``"nnsight"``; both take the same site names.
         system_prompt: optional system message for the chat template.
+        remote: an ``nnsight.LanguageModel`` whose traces run on NDIF (see :meth:`load`).
     """
 
     def __init__(self, model, tokenizer, model_id: str, backend: str = "transformer_lens",
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, remote: object = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         self.chat = ChatFormatter(tokenizer, system_prompt=system_prompt)
-        self.backend = make_backend(backend, model, tokenizer, model_id)
+        self.backend = make_backend(backend, model, tokenizer, model_id, remote=remote)
         cfg = model.config
         self.n_layers: int = cfg.num_hidden_layers
         self.d_model: int = cfg.hidden_size
@@ -74,8 +75,20 @@ class Workbench:
 
     @classmethod
     def load(cls, name: str = models.DEFAULT_MODEL, backend: str = "transformer_lens",
-             dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> Workbench:
-        """Load a model by name (embedded, ``tiny-llama``, local folder or hub id) and wrap it."""
+             dtype: torch.dtype = torch.float32, device: str = "cpu", remote: bool = False, **kwargs) -> Workbench:
+        """Load a model by name (embedded, ``tiny-llama``, local folder or hub id) and wrap it.
+
+        ``remote=True`` (``backend="nnsight"``): run every trace on NDIF's servers for a model they
+        host (needs ``NDIF_API_KEY``; only the config and tokenizer are fetched). Offline, a missing
+        key or an unreachable service raises one :class:`RemoteUnavailable` with the reason. GPUs:
+        ``device="cuda", dtype=torch.bfloat16``."""
+        if remote:
+            if backend != "nnsight":
+                raise ValueError("remote=True runs traces on NDIF through nnsight: pass backend='nnsight'")
+            from .backends.nnsight import connect_remote
+
+            model, tokenizer, lm = connect_remote(name)
+            return cls(model, tokenizer, name, backend=backend, remote=lm, **kwargs)
         model, tokenizer = models.load(name, dtype=dtype, device=device)
         return cls(model, tokenizer, name, backend=backend, **kwargs)
 

@@ -10,7 +10,9 @@ from .base import Backend, HookFn, StopForward
 BACKENDS = ("transformer_lens", "nnsight")
 
 
-def make_backend(name: str, model, tokenizer, model_id: str) -> Backend:
+def make_backend(name: str, model, tokenizer, model_id: str, remote: object = None) -> Backend:
+    if remote is not None and name != "nnsight":
+        raise ValueError("remote execution (NDIF) needs backend='nnsight'")
     if name == "transformer_lens":
         from .transformer_lens import TransformerLensBackend
 
@@ -18,7 +20,7 @@ def make_backend(name: str, model, tokenizer, model_id: str) -> Backend:
     if name == "nnsight":
         from .nnsight import NNsightBackend
 
-        return NNsightBackend(model, tokenizer, model_id)
+        return NNsightBackend(model, tokenizer, model_id, remote=remote)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
 

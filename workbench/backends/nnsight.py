@@ -2,9 +2,10 @@
 
 Site names map to module paths of Llama-style HF models (Llama, SmolLM2, Qwen2, Mistral):
 ``blocks.{l}.hook_resid_post`` -> ``model.layers[l].output`` and so on (see ``_ACCESS``).
-For models that do not fit one machine, nnsight can run the same trace on NDIF's servers:
-``Workbench(..., backend="nnsight")`` then ``wb.backend.nn.trace(..., remote=True)`` (needs an
-NDIF API key and a model NDIF hosts; not used offline).
+For models that do not fit one machine, the same traces run on NDIF's servers:
+``Workbench.load("meta-llama/Llama-3.1-8B", backend="nnsight", remote=True)`` (an NDIF API key in
+``NDIF_API_KEY`` and a model NDIF hosts; the weights stay remote, only the config and tokenizer
+come from the hub). :func:`connect_remote` checks both first and fails with one clear error.
 """
 
 from __future__ import annotations
@@ -26,14 +27,42 @@ _ACCESS = {
 }
 
 
+class RemoteUnavailable(RuntimeError):
+    """NDIF cannot be used: no API key, the service is unreachable, or the model is not hosted."""
+
+
+def connect_remote(name: str, timeout: float = 5.0):
+    """``(meta model, tokenizer, nnsight.LanguageModel)`` for a model hosted on NDIF, after checking
+    the API key and the service; raises :class:`RemoteUnavailable` with the reason otherwise."""
+    import nnsight
+    from nnsight import CONFIG
+
+    if not CONFIG.API.APIKEY:
+        raise RemoteUnavailable("remote=True needs an NDIF API key: set NDIF_API_KEY (get one at "
+                                "https://login.ndif.us) or run `python -m nnsight login`")
+    try:
+        from nnsight.ndif import _get
+
+        status = _get("/status", timeout=(timeout, 3 * timeout))
+    except Exception as err:  # noqa: BLE001  (httpx raises several kinds: all mean "not reachable")
+        raise RemoteUnavailable(f"cannot reach NDIF at {CONFIG.API.HOST}: {type(err).__name__}: {err}") from None
+    hosted = sorted({v.get("repo_id") for v in (status.get("deployments") or {}).values() if v.get("repo_id")})
+    if name not in hosted:
+        raise RemoteUnavailable(f"{name!r} is not hosted on NDIF now; hosted: {', '.join(hosted) or 'none'}")
+    lm = nnsight.LanguageModel(name)  # meta weights: config and tokenizer only
+    return lm._model, lm.tokenizer, lm
+
+
 class NNsightBackend(Backend):
     name = "nnsight"
 
-    def __init__(self, model, tokenizer, model_id: str):
+    def __init__(self, model, tokenizer, model_id: str, remote: object = None):
+        """``remote``: an ``nnsight.LanguageModel`` from :func:`connect_remote`; traces then run on NDIF."""
         super().__init__(model, tokenizer, model_id)
         import nnsight
 
-        self.nn = nnsight.TransformersModel(model, tokenizer=tokenizer)
+        self.remote = remote is not None
+        self.nn = remote if remote is not None else nnsight.TransformersModel(model, tokenizer=tokenizer)
         cfg = model.config
         self.n_heads, self.d_head = cfg.num_attention_heads, getattr(cfg, "head_dim", None) or (
             cfg.hidden_size // cfg.num_attention_heads
@@ -93,6 +122,8 @@ class NNsightBackend(Backend):
 
         names = sorted(grouped, key=order)
         result: dict = {}  # nnsight runs the body in its own frame: results go through an object
+        if self.remote:
+            kwargs.setdefault("remote", True)
         with self.nn.trace(input_ids=input_ids, attention_mask=attention_mask, **kwargs) as tracer:
             if self._apply_all(names, grouped):
                 tracer.stop()
