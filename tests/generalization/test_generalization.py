@@ -66,6 +66,13 @@ def test_artifacts(finished):
     assert all(q.shape[1] == 1 for q in con.Q.values()) and con.mean is not None
     md = (out / "results.md").read_text()
     assert "| caft_random |" in md and "Leakage" in md
+    # the static figure: one bar per method and split (+ 2 legend swatches), one whisker each
+    import xml.dom.minidom
+
+    svg = xml.dom.minidom.parseString((out / "figure.svg").read_text())
+    assert len(svg.getElementsByTagName("rect")) == 2 * len(res["summary"]) + 2
+    titles = [t.firstChild.data for t in svg.getElementsByTagName("title")]
+    assert f"plain OOD: {res['summary']['plain']['ood_test']['mean']:.3f}" in titles
 
 
 def test_rerun_skips_finished_steps(finished):
