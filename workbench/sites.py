@@ -16,16 +16,6 @@ import torch
 
 from .chat import ChatBatch
 
-# Hooks every backend offers, per layer (the nnsight backend maps these to module paths).
-LAYER_HOOKS = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_out",
-    "attn.hook_z",
-    "mlp.hook_post",
-)
 HEAD_HOOKS = ("attn.hook_z",)
 _SITE = re.compile(r"^blocks\.(\d+)\.([\w.]+?)(?:\[(\d+)\])?$")
 

@@ -286,13 +286,6 @@ class ConceptSet:
                 out.add(c2)
         return out
 
-    def set_label(self, key: int | str, label: str, selected: bool | None = None) -> Concept:
-        c = self[key] if isinstance(key, str) else self.concepts[key]
-        c.label = str(label)
-        if selected is not None:
-            c.selected = bool(selected)
-        return c
-
     def to_frame(self):
         """A pandas summary: name, site, method, label, score, selected, autointerp label / AUROC."""
         import pandas as pd

@@ -11,7 +11,7 @@ projections, pooled standard deviation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -77,7 +77,3 @@ def diff_means_between(a, b, sites: Sequence[str] | str | None = None, *, label:
         out.add(Concept(f"{name}/{site}", site, u, label, stats["effect_size"], provenance=prov))
     return out
 
-
-def diff_means_directions(features: Mapping[str, torch.Tensor], labels) -> dict[str, torch.Tensor]:
-    """Plain ``{site: unit direction [d]}`` (same numbers as :func:`diff_means`)."""
-    return {c.site: c.direction for c in diff_means(features, labels)}
