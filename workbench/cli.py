@@ -171,14 +171,12 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return super()._get_help_string(action)
 
 
-BACKENDS = ("transformer_lens", "nnsight")
-SPLITS = ("train", "val", "test")
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command's parser. Building it imports no torch (``workbench --help`` answers at once);
     the flags of ``sae train`` come from :mod:`workbench.concepts.sae` and load only when the
     command line asks for ``sae``."""
+    from .backends import BACKENDS
+    from .data.splits import SPLITS
     from .models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=_Help)

@@ -13,28 +13,28 @@ Ollama). ``LabelingWidget`` imports ipywidgets only when constructed.
 
 from .client import ChatClient, ChatClientError, LocalChatClient
 from .examples import (
-                       ConceptExamples,
-                       Example,
-                       SAELatent,
-                       TokenContexts,
-                       concept_examples,
-                       example_html,
-                       examples_html,
-                       feature_for,
-                       feature_values,
-                       projection_figure,
-                       top_examples,
+    ConceptExamples,
+    Example,
+    SAELatent,
+    TokenContexts,
+    concept_examples,
+    example_html,
+    examples_html,
+    feature_for,
+    feature_values,
+    projection_figure,
+    top_examples,
 )
 from .explainers import Explanation, LLMExplainer, OfflineExplainer
 from .scorers import (
-                       DetectionResult,
-                       KeywordScorer,
-                       LLMScorer,
-                       LocalModelScorer,
-                       auroc,
-                       detection_score,
-                       explain_and_score,
-                       holdout_examples,
+    DetectionResult,
+    KeywordScorer,
+    LLMScorer,
+    LocalModelScorer,
+    auroc,
+    detection_score,
+    explain_and_score,
+    holdout_examples,
 )
 from .widget import LabelingWidget
 

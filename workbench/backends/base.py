@@ -5,12 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the backends themselves, not with this interface (CLI start-up)
+    import torch
 
 # A hook function gets the site's tensor (TransformerLens shape, e.g. [batch, pos, d_model] or
 # [batch, pos, n_heads, d_head] for attn.hook_z) and returns a replacement or None.
-HookFn = Callable[[torch.Tensor], torch.Tensor | None]
+HookFn = Callable[["torch.Tensor"], "torch.Tensor | None"]
 
 
 class StopForward(Exception):

@@ -212,13 +212,14 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     score_recs = train_recs[: exp.score_n]
     labels = attribute_labels(score_recs, exp.attributes)
     contrast_concepts(exp, base, score_recs, labels["spurious"], refs["@contrast"])
-    if info_path.is_file() and (json.loads(info_path.read_text()).get("pca") or not needs_pca(exp)):
-        info = json.loads(info_path.read_text())
-        return {r: p for r, p in refs.items() if p.is_file()}, info["k"], info
-    info: dict[str, Any] = {"pca": needs_pca(exp), "probe_pick": None, "person_pick": None, "per_site_probe_pick": None}
+    pca = needs_pca(exp)
+    cached = json.loads(info_path.read_text()) if info_path.is_file() else None
+    if cached is not None and (cached.get("pca") or not pca):
+        return {r: p for r, p in refs.items() if p.is_file()}, cached["k"], cached
+    info: dict[str, Any] = {"pca": pca, "probe_pick": None, "person_pick": None, "per_site_probe_pick": None}
     k = len(exp.contrast_positions)
     folder.mkdir(parents=True, exist_ok=True)
-    if info["pca"]:
+    if pca:
         ft = _load(exp)
         with ft.hooks(apply_run(out / "train" / str(seed) / PLAIN, ft)):
             recs = [r for r in train_recs if r.response][:64]

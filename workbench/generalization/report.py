@@ -16,6 +16,7 @@ import numpy as np
 from ..stats import wilson_interval
 
 SPLITS = (("id_test", "ID"), ("ood_test", "OOD"))
+COLORS = ("#1f77b4", "#d62728")  # per split, in both figures
 
 
 def summarize(results: dict) -> dict[str, dict]:
@@ -102,7 +103,7 @@ def figure(summary: dict):
 
     fig = go.Figure()
     names = list(summary)
-    for (split, label), color in zip(SPLITS, ("#1f77b4", "#d62728")):
+    for (split, label), color in zip(SPLITS, COLORS):
         means = [summary[m][split]["mean"] for m in names]
         lo = [summary[m][split]["mean"] - summary[m][split]["pooled_ci"][0] for m in names]
         hi = [summary[m][split]["pooled_ci"][1] - summary[m][split]["mean"] for m in names]
@@ -140,7 +141,7 @@ def figure_svg(summary: dict, title: str = "ID vs OOD accuracy") -> str:
                      f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
     for i, m in enumerate(names):
         x0 = left + i * w_group + 20
-        for j, ((split, label), color) in enumerate(zip(SPLITS, ("#1f77b4", "#d62728"))):
+        for j, ((split, label), color) in enumerate(zip(SPLITS, COLORS)):
             st = summary[m][split]
             x = x0 + j * (w_bar + 6)
             parts.append(f'<rect x="{x}" y="{y(st["mean"]):.1f}" width="{w_bar}" height="{h * st["mean"]:.1f}" '
@@ -154,7 +155,7 @@ def figure_svg(summary: dict, title: str = "ID vs OOD accuracy") -> str:
                          f'{st["mean"]:.2f}</text>')
         parts.append(f'<text x="{x0 + w_bar + 3}" y="{top + h + 16}" text-anchor="middle">{_html.escape(m)}</text>')
     lx = left
-    for (_, label), color in zip(SPLITS, ("#1f77b4", "#d62728")):
+    for (_, label), color in zip(SPLITS, COLORS):
         parts.append(f'<rect x="{lx}" y="{top + h + 28}" width="10" height="10" fill="{color}"/>'
                      f'<text x="{lx + 14}" y="{top + h + 37}">{label}</text>')
         lx += 90
