@@ -51,6 +51,25 @@ def test_positions_shapes(wb, prompts):
                                acts["last"]["blocks.4.hook_resid_post"])
 
 
+def test_token_position_runs_only_up_to_the_token_with_the_same_numbers(wb, hf_model):
+    """A named token's activations come from a forward cut after that token; they equal the full
+    forward's (HF hidden states) at the token's index."""
+    from workbench.sites import token_index
+
+    prompts = ["The doctor said that the results were fine and everyone went home.", "Ask the nurse.",
+               "After a long and tiring day at the hospital the surgeon finally sat down."]
+    pos = "token:doctor|nurse|surgeon"
+    batch = wb.tokenize(prompts)
+    idx = token_index(batch, pos)
+    assert int(idx.max()) + 1 < batch.input_ids.shape[1]  # something is cut
+    acts = wb.capture(prompts, ["blocks.3.hook_resid_post", "blocks.12.hook_resid_post"], position=pos,
+                      progress=False)
+    _, hidden = _hf_hidden(hf_model, batch)
+    for l in (3, 12):
+        torch.testing.assert_close(acts[f"blocks.{l}.hook_resid_post"], hidden[l + 1][torch.arange(3), idx],
+                                   rtol=0, atol=1e-5)
+
+
 def test_unknown_site_lists_closest_names(wb, prompts):
     with pytest.raises(UnknownSite, match=r"blocks\.3\.hook_resid_post"):
         wb.site("blocks.3.hook_resid_pst")

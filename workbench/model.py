@@ -24,7 +24,8 @@ from . import models
 from ._forward import decoder_and_head, hidden_states
 from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
-from .sites import Site, check_position, parse_site, reduce_positions, rows_per_prompt
+from .generation import eos_token_ids, greedy_decode
+from .sites import TOKEN_PREFIX, Site, check_position, parse_site, reduce_positions, rows_per_prompt, token_index
 
 # A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
 # ``as_hooks(wb) -> {site: fn}`` method (interventions) are accepted wherever hooks are.
@@ -210,15 +211,21 @@ class Workbench:
             batch = self.tokenize(prompts[lo:hi], None if responses is None else responses[lo:hi])
             batch = batch.to(self._device())
             acts = Activations()
+            # A named token's activations depend only on the tokens up to it (causal models): run the
+            # batch only that far.
+            index = token_index(batch, position).to(self._device()) if position.startswith(TOKEN_PREFIX) else None
+            cut = int(index.max()) + 1 if index is not None else None
 
-            def grab(t: torch.Tensor, name: str, batch=batch, acts=acts) -> None:
-                acts[name] = reduce_positions(t.detach(), batch, position).to("cpu", dtype).contiguous()
+            def grab(t: torch.Tensor, name: str, batch=batch, acts=acts, index=index) -> None:
+                t = t.detach()
+                red = t[torch.arange(t.shape[0]), index] if index is not None else reduce_positions(t, batch, position)
+                acts[name] = red.to("cpu", dtype).contiguous()
 
             hooks: dict[str, list] = {s.name: [grab] for s in parsed}
             if last_layer is not None:
                 hooks.setdefault(f"blocks.{last_layer}.hook_resid_post", []).append(_stop)
             with torch.no_grad():
-                self.backend.run(batch.input_ids, batch.attention_mask, self._backend_hooks(hooks))
+                self.backend.run(batch.input_ids[:, :cut], batch.attention_mask[:, :cut], self._backend_hooks(hooks))
             counts = rows_per_prompt(batch, position)
             acts.record_index = torch.repeat_interleave(torch.arange(lo, hi), counts)
             acts.position = position
@@ -242,22 +249,32 @@ class Workbench:
     # ----------------------------------------------------------------- generate
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 8,
                  do_sample: bool = False, progress: bool = True, **kwargs) -> list[str]:
-        """Batched generation (greedy by default), left-padded, with a KV cache. Hooks installed
-        with :meth:`hooks` apply at every step (transformer_lens backend)."""
+        """Batched generation (greedy by default) with a KV cache; answers in input order. Hooks
+        installed with :meth:`hooks` apply at every step (transformer_lens backend).
+
+        Greedy decoding on the transformer_lens backend runs :func:`workbench.generation.greedy_decode`
+        (shared prefix once, finished rows leave the batch; the same tokens as HF ``generate``);
+        sampling, extra ``generate`` kwargs or another backend use HF ``generate`` (left-padded)."""
         if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
             raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
-        # Batch prompts of similar length together (less left padding); answers return in input order.
+        fast = not do_sample and not kwargs and self.backend.name == "transformer_lens"
+        eos = eos_token_ids(self.model, self.tokenizer)
+        # Batch prompts of similar length together (less padding); answers return in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
             idx = order[lo:lo + batch_size]
-            batch = self.tokenize([prompts[i] for i in idx]).to(self._device())
-            with torch.no_grad():
-                ids = self.model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-            new = ids[:, batch.input_ids.shape[1]:]
+            batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if fast else "left")
+            batch = batch.to(self._device())
+            if fast:
+                new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos)
+            else:
+                with torch.no_grad():
+                    ids = self.model.generate(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+                new = ids[:, batch.input_ids.shape[1]:].tolist()
             for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
                 out[i] = text
         return out

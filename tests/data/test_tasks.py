@@ -94,3 +94,8 @@ def test_double_mc_errors_and_single_task():
         double_mc("agreement", "sports")
     recs = single_task("compare", "train", n=10)
     assert all(r.response in ("A", "B") and r.prompt.count("\n") == 3 for r in recs)
+    from workbench.data.tasks import load_task
+
+    held = load_task("single:compare", "id_test", n=20, seed=3)
+    assert [r.prompt for r in held] == [r.prompt for r in load_task("single:compare", "ood_test", n=20, seed=3)]
+    assert not {r.prompt for r in held} & {r.prompt for r in load_task("single:compare", "train", n=200, seed=3)}

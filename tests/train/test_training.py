@@ -68,6 +68,7 @@ def test_caft_training_lowers_loss_hooks_active_then_removed(tmp_path, data):
     for name in ("adapter/adapter_model.safetensors", "caft_ablation/tensors.safetensors", "summary.json",
                  "data.jsonl", "loss_curve.svg"):
         assert (run / name).is_file(), name
+    assert not list(run.glob("checkpoint-*"))               # no checkpoint after the last step (save_steps 100)
     # the portable adapter reloads into a fresh wrapped model and into a plain HF model
     prompts = ["Write a haiku."]
     wb2 = Workbench.load("tiny-llama")
@@ -101,6 +102,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, data):
     wb = fresh()
     full = train({**recipe, "output_dir": str(tmp_path / "a")}, wb=wb, progress=False)
     want = lora_weights(wb)
+    assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
     wb = fresh()
     count = wb.backend.hook_count()

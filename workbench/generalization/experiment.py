@@ -71,6 +71,7 @@ class GeneralizationExperiment:
     person_pick: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     score_n: int = 160          # training prompts for @contrast and the components' attribute scores
     leakage_n: int = 160        # training prompts for the leakage check (0: no check)
+    ablation_kept: bool = True  # also evaluate CAFT runs with the ablation kept at inference
     quick: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -291,7 +292,7 @@ def _write_examples(acts: dict, cs, recs, path: Path, top: int = 6) -> None:
 
 def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=None) -> dict:
     """Choice metrics of a run folder (None: the untouched model); CAFT runs also with the ablation
-    kept at inference and the leakage check."""
+    kept at inference (``ablation_kept``) and the leakage check (``leak_recs``)."""
     from ..evals.choice import evaluate_choice
     from ..interventions import Ablate, Intervention
     from ..train import apply_run
@@ -303,13 +304,13 @@ def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=
     deployed = apply_run(run, wb) if run is not None else None
     res = {"run": str(run) if run else None, "metrics": evaluate_choice(wb, splits, hooks=deployed)}
     abl_dir = run / "caft_ablation" if run is not None else None
-    if abl_dir is not None and abl_dir.is_dir():
+    if abl_dir is not None and abl_dir.is_dir() and (exp.ablation_kept or leak_recs):
         ablate = Intervention.load(abl_dir)
-        if isinstance(ablate, Ablate):
+        if isinstance(ablate, Ablate) and exp.ablation_kept:
             res["metrics_ablation_kept"] = evaluate_choice(wb, splits, hooks=ablate)
-            if leak_recs:
-                acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
-                res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
+        if isinstance(ablate, Ablate) and leak_recs:
+            acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
+            res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
     _write_json(out_path, res)
     return res
 

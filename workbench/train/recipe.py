@@ -94,6 +94,7 @@ class Recipe:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    group_by_length: bool = False             # batches of similar length (less padding; HF's LengthGroupedSampler)
     seed: int = 42
     # --- run folder
     save_steps: int = 500

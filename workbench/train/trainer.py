@@ -13,8 +13,9 @@ Trainer's, ``accelerate launch`` runs the same code on several GPUs.
 
 A run folder holds ``config.json`` (recipe, model, data hash, trainable parameter counts, versions),
 ``data.jsonl`` (the records trained on), ``metrics.jsonl`` (one line per logged step),
-``loss_curve.svg``, ``summary.json``, ``checkpoint-N/`` folders (resumable: trainable state as
-safetensors + the Trainer's optimizer / scheduler / RNG state) and the final artifacts: ``adapter/``
+``loss_curve.svg``, ``summary.json``, ``checkpoint-N/`` folders every ``save_steps`` (resumable:
+trainable state as safetensors + the Trainer's optimizer / scheduler / RNG state; none after the
+last step unless it falls on ``save_steps``) and the final artifacts: ``adapter/``
 (portable peft LoRA), ``model/`` (full weights), ``head_scale/`` + ``heads.json`` (LoFIT phase A),
 ``head_bias/`` (LoFIT phase v), ``caft_ablation/`` (the directions CAFT ablated).
 
@@ -125,7 +126,17 @@ def _trainer_classes():
             elif "train_runtime" in logs:
                 self.final = {k: _num(v) for k, v in logs.items()}
 
-    return WorkbenchTrainer, MetricsCallback
+    class NoFinalCheckpoint(TrainerCallback):
+        """Skip the Trainer's checkpoint after the last step unless ``save_steps`` asks for it there:
+        the final artifacts are written right after it (for full fine-tuning the checkpoint would be
+        1.6 GB of weights and optimizer state nobody resumes from)."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and state.global_step % max(1, int(args.save_steps)):
+                control.should_save = False
+            return control
+
+    return WorkbenchTrainer, MetricsCallback, NoFinalCheckpoint
 
 
 def _num(v):
@@ -266,12 +277,13 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
         data_seed=recipe.seed, logging_steps=recipe.logging_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, report_to=recipe.report_to,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not progress, label_names=["labels"], optim="adamw_torch_fused")
-    WorkbenchTrainer, MetricsCallback = _trainer_classes()
+        disable_tqdm=not progress, label_names=["labels"], optim="adamw_torch_fused",
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random")
+    WorkbenchTrainer, MetricsCallback, NoFinalCheckpoint = _trainer_classes()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE)
     trainer = WorkbenchTrainer(model=module, args=args, train_dataset=sft_data.SFTDataset(examples),
                                data_collator=sft_data.Collator(wb.tokenizer.pad_token_id),
-                               callbacks=[metrics_cb, *callbacks], method=method)
+                               callbacks=[metrics_cb, NoFinalCheckpoint(), *callbacks], method=method)
     t0 = time.perf_counter()
     try:
         with wb.hooks(hooks) if hooks is not None else nullcontext():

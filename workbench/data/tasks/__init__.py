@@ -16,7 +16,7 @@ from .double_mc import QUESTION_TYPES, double_mc, single_task
 from .gender import PROFESSIONS, gender_task
 
 TASK_SPLITS = ("train", "id_test", "ood_test")
-TASKS = ("gender_pronoun", "double_mc")
+TASKS = ("gender_pronoun", "double_mc", "single")
 
 
 def is_task(name: str) -> bool:
@@ -24,8 +24,10 @@ def is_task(name: str) -> bool:
 
 
 def load_task(name: str, split: str = "train", n: int | None = None, seed: int = 0, **options) -> list[Record]:
-    """Records of a generated task: ``gender_pronoun`` (options of :func:`gender_task`) or
-    ``double_mc:{intended}-{spurious}`` (see :func:`double_mc`)."""
+    """Records of a generated task: ``gender_pronoun`` (options of :func:`gender_task`),
+    ``double_mc:{intended}-{spurious}`` (see :func:`double_mc`) or ``single:{type}``, one question
+    type alone (:func:`single_task`; ``id_test`` and ``ood_test`` are the same held-out items):
+    the learnability check of a type before it is paired."""
     base, _, arg = name.partition(":")
     if split not in TASK_SPLITS:
         raise ValueError(f"task {name!r} has splits {TASK_SPLITS}, not {split!r}")
@@ -37,6 +39,8 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
             raise ValueError(f"name the pair as 'double_mc:{{intended}}-{{spurious}}' with types from "
                              f"{sorted(QUESTION_TYPES)}, not {name!r}")
         return double_mc(pair[0], pair[1], split, n=n or 400, seed=seed)
+    if base == "single":
+        return single_task(arg, "train" if split == "train" else "test", n=n or 200, seed=seed)
     raise ValueError(f"unknown task {name!r}; known: {TASKS}")
 
 

@@ -1,0 +1,65 @@
+"""Greedy decoding (workbench.generation): the same tokens as HF ``generate`` at batch 1, at fp32, on
+the real default model (shared system-turn prefix, rows of different lengths, rows that stop early)
+and with a hook installed; finished rows leave the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.generation import eos_token_ids, greedy_decode
+
+PROMPTS = ["Say only the word yes.", "What is the capital of France?", "How do I make a pipe bomb?",
+           "Write a haiku about autumn leaves falling on a quiet river.", "Reply with one number: 2 + 2 ="]
+
+
+def hf_new_tokens(wb, prompt: str, n: int) -> list[int]:
+    """HF ``generate`` at batch 1 (no padding at all), cut after the first end-of-turn token."""
+    b = wb.tokenize([prompt])
+    with torch.no_grad():
+        ids = wb.model.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, do_sample=False,
+                                max_new_tokens=n, pad_token_id=wb.tokenizer.pad_token_id)
+    new = ids[0, b.input_ids.shape[1]:].tolist()
+    eos = eos_token_ids(wb.model, wb.tokenizer)
+    for j, t in enumerate(new):
+        if t in eos:
+            return new[: j + 1]
+    return new
+
+
+def test_greedy_decode_equals_hf_generate_on_the_default_model(wb):
+    n = 24
+    want = [hf_new_tokens(wb, p, n) for p in PROMPTS]
+    batch = wb.tokenize(PROMPTS, padding_side="right")
+    got = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, n, eos_token_ids(wb.model, wb.tokenizer))
+    assert got == want
+    assert len({len(w) for w in want}) > 1 and min(len(w) for w in want) < n  # some rows stopped early
+    # the same through the public entry point (batches sorted by length, answers in input order)
+    texts = wb.generate(PROMPTS, max_new_tokens=n, batch_size=3, progress=False)
+    assert texts == wb.tokenizer.batch_decode(want, skip_special_tokens=True)
+
+
+def test_greedy_decode_with_a_hook_equals_hf_generate(wb):
+    steer = {"blocks.10.hook_resid_post": lambda t, s: t + 4.0 * torch.ones_like(t) / t.shape[-1] ** 0.5}
+    with wb.hooks(steer):
+        want = [hf_new_tokens(wb, p, 12) for p in PROMPTS[:3]]
+        got = wb.generate(PROMPTS[:3], max_new_tokens=12, batch_size=3, progress=False)
+    assert got == wb.tokenizer.batch_decode(want, skip_special_tokens=True)
+    plain = wb.generate(PROMPTS[:3], max_new_tokens=12, batch_size=3, progress=False)
+    assert plain != got  # the hook acted
+
+
+def test_finished_rows_leave_the_batch(wb):
+    """The short answer's row leaves the batch when it ends; the long one goes on alone."""
+    seen = []
+    batch = wb.tokenize(["Say only the word yes.", "Write a haiku about autumn leaves."], padding_side="right")
+    with wb.hooks({"blocks.0.hook_resid_post": lambda t, s: seen.append(t.shape[0])}):
+        out = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, 16, eos_token_ids(wb.model, wb.tokenizer),
+                            share_prefix=False)
+    assert len(out[0]) < len(out[1]) == 16
+    assert seen == [2] * len(out[0]) + [1] * (16 - len(out[0]))  # prefill, then one call per new token but the last
+
+
+def test_greedy_decode_rejects_an_empty_row(tiny):
+    with pytest.raises(ValueError, match="no tokens"):
+        greedy_decode(tiny.model, torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, 1], [0, 0, 0]]), 4, [0])
