@@ -86,6 +86,13 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "probe accuracy before / after LEACE" in report.read_text()
     assert "| substring | 1.000 |" in table  # the phrase judge never calls a compliance a refusal
     assert set(results["judges"]) == {"substring", "probe (layer 1)"}
+    # paired tests: each generation suite x each of the 6 pairs of runs, on the same prompts
+    gen_suites = [s for s, m in results["results"]["baseline"]["suites"].items() if m.get("samples")]
+    assert len(results["paired"]) == 6 * len(gen_suites) > 0 and "Paired tests" in table
+    row = results["paired"][0]
+    a = results["results"][row["a"]]["suites"][row["suite"]]
+    b = results["results"][row["b"]]["suites"][row["suite"]]
+    assert row["diff"] == pytest.approx(a["value"] - b["value"]) and 0 <= row["p_value"] <= row["p_holm"] <= 1
     assert len(list((out / "probes").glob("*.html"))) == 2
     # a second run finds every step done: nothing is retrained or re-evaluated
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("summary.json", "eval.json", "erasure.json", "judges.json")}

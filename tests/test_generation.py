@@ -1,13 +1,14 @@
 """Greedy decoding (workbench.generation): the same tokens as HF ``generate`` at batch 1, at fp32, on
-the real default model (shared system-turn prefix, rows of different lengths, rows that stop early)
-and with a hook installed; finished rows leave the batch."""
+the real default model (shared system-turn prefix, rows of different lengths, rows that stop early),
+on both paths (the bridge's forward and the hook-free decode loop), with a hook installed, and with
+a LoRA adapter; finished rows leave the batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from workbench.generation import eos_token_ids, greedy_decode
+from workbench.generation import eos_token_ids, fast_path_ok, greedy_decode
 
 PROMPTS = ["Say only the word yes.", "What is the capital of France?", "How do I make a pipe bomb?",
            "Write a haiku about autumn leaves falling on a quiet river.", "Reply with one number: 2 + 2 ="]
@@ -31,8 +32,11 @@ def test_greedy_decode_equals_hf_generate_on_the_default_model(wb):
     n = 24
     want = [hf_new_tokens(wb, p, n) for p in PROMPTS]
     batch = wb.tokenize(PROMPTS, padding_side="right")
-    got = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, n, eos_token_ids(wb.model, wb.tokenizer))
-    assert got == want
+    assert fast_path_ok(wb.model)
+    for fast in (False, True):  # the bridge's forward (hooks fire) and the hook-free decode loop
+        got = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, n, eos_token_ids(wb.model, wb.tokenizer),
+                            fast=fast)
+        assert got == want, f"fast={fast}"
     assert len({len(w) for w in want}) > 1 and min(len(w) for w in want) < n  # some rows stopped early
     # the same through the public entry point (batches sorted by length, answers in input order)
     texts = wb.generate(PROMPTS, max_new_tokens=n, batch_size=3, progress=False)
@@ -63,3 +67,24 @@ def test_finished_rows_leave_the_batch(wb):
 def test_greedy_decode_rejects_an_empty_row(tiny):
     with pytest.raises(ValueError, match="no tokens"):
         greedy_decode(tiny.model, torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, 1], [0, 0, 0]]), 4, [0])
+
+
+def test_fast_path_runs_the_lora_adapter():
+    """The hook-free loop calls the same projection modules, so a LoRA adapter acts there too."""
+    from workbench import Workbench
+    from workbench.train.methods import inject_lora
+
+    wb = Workbench.load("tiny-llama")
+    pm = inject_lora(wb.model, ["q_proj", "v_proj", "down_proj"], rank=4, alpha=8)
+    torch.manual_seed(0)
+    for name, param in wb.model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    assert fast_path_ok(wb.model)
+    batch = wb.tokenize(PROMPTS[:3], padding_side="right")
+    eos = eos_token_ids(wb.model, wb.tokenizer)
+    slow = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, 10, eos, fast=False)
+    fast = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, 10, eos, fast=True)
+    assert fast == slow
+    with pm.disable_adapter():
+        assert greedy_decode(wb.model, batch.input_ids, batch.attention_mask, 10, eos, fast=True) != fast

@@ -44,9 +44,13 @@ def settings_from_dict(cls, data: Any, source: str, error: type[Exception], quic
     if quick:
         data = {**data, **(data.get("quick") or {})}
     defaults = cls()
+    data = dict(data)
     for key, value in data.items():
         want = type(getattr(defaults, key))
         if key in untyped or value is None:
+            continue
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = float(value)  # YAML's 1 for 1.0
             continue
         if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
             raise error(f"{source}: {key!r} should be a {want.__name__}, got {value!r}")

@@ -337,10 +337,16 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
 
         judges_path.write_text(json.dumps(judge_report(Workbench.load(exp.model), exp.seed), indent=1))
     judges = json.loads(judges_path.read_text())
+    from .evals.paired import paired_suite_tests, paired_table
+
+    paired = paired_suite_tests(results)
     table_md = results_table(results, train_info) + "\n\n" + judges_table(judges)
+    if paired:
+        table_md += ("\n\nPaired tests (exact McNemar on the same prompts, Holm-adjusted over every row):\n\n"
+                     + paired_table(paired))
     (out / "results.md").write_text(table_md + "\n")
-    (out / "results.json").write_text(json.dumps({"results": results, "train": train_info, "judges": judges},
-                                                indent=1, default=str))
+    (out / "results.json").write_text(json.dumps({"results": results, "train": train_info, "judges": judges,
+                                                 "paired": paired}, indent=1, default=str))
     erasure_rows = [[f"probe accuracy before / after LEACE ({row['site']})", "accuracy",
                      *[f"{r['erasure'][i]['accuracy_before']:.3f} / {r['erasure'][i]['accuracy_after']:.3f}"
                        for r in results.values()]]

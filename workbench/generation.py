@@ -10,9 +10,16 @@
 * gives each row its own position ids, so right padding left between a prompt and its answer
   is masked out and changes nothing (the same positions as HF's left-padded generation).
 
-Hooks installed with ``Workbench.hooks`` fire on every call, as with HF ``generate`` (prefill
-positions, then one new position per step). ``tests/test_generation.py`` checks the tokens equal
-HF ``generate``'s at fp32.
+Two paths, the same tokens (``tests/test_generation.py`` checks both against HF ``generate`` at
+fp32):
+
+* with hooks installed (``Workbench.hooks``): the wrapped model's own forward, so every hook fires
+  at every call (prefill positions, then one new position per step), as with HF ``generate``;
+* without hooks, on a TransformerLens-bridged Llama-family model (:func:`fast_path_ok`): a decode
+  loop over the same modules (norms, projections -- LoRA included -- and MLPs) with a
+  preallocated key/value cache and grouped-query SDPA attention. The bridge's attention
+  re-implements attention eagerly for its score / pattern hooks and copies every key/value
+  head group at each step; skipping that is most of the gain.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._forward import MIN_SHARED_PREFIX, decoder_and_head, shared_prefix_length
+
+FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
@@ -38,7 +48,7 @@ def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                  eos_ids: list[int], share_prefix: bool = True) -> list[list[int]]:
+                  eos_ids: list[int], share_prefix: bool = True, fast: bool = False) -> list[list[int]]:
     """Greedy continuation of each row of a right-padded batch.
 
     Args:
@@ -46,6 +56,8 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         input_ids, attention_mask: ``[batch, pos]``, right-padded.
         max_new_tokens: most new tokens per row.
         eos_ids: tokens that end a row (kept as its last token, as HF does).
+        fast: the hook-free decode loop (:func:`fast_path_ok` must hold and no hook be installed:
+            the caller checks).
 
     Returns: per row, the new token ids (ending with an ``eos_ids`` token if one was produced).
     """
@@ -60,6 +72,9 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if bool((lengths == 0).any()):
         raise ValueError("a row of the batch has no tokens")
     p = min(shared_prefix_length(input_ids, attention_mask), int(lengths.min()) - 1) if share_prefix and b > 1 else 0
+    if fast:
+        return _FastDecoder(decoder, head, b, t + max_new_tokens).run(input_ids, attention_mask, lengths, p,
+                                                                       max_new_tokens, eos_ids)
     cache = DynamicCache()
     if p >= MIN_SHARED_PREFIX:
         decoder(input_ids=input_ids[:1, :p], use_cache=True, past_key_values=cache)
@@ -98,3 +113,111 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         pos = pos + 1
         logits = head(out.last_hidden_state[:, -1])
     return new
+
+
+def fast_path_ok(model: nn.Module) -> bool:
+    """Whether :class:`_FastDecoder` reproduces this model: a TransformerLens-bridged decoder of a
+    plain Llama-family architecture (RoPE, grouped-query attention, no q/k norms, no sliding
+    window, no softcapping)."""
+    try:
+        decoder, _ = decoder_and_head(model)
+        cfg = decoder.config
+        layer = decoder.layers[0]
+        attn = layer.attn
+    except (AttributeError, IndexError, TypeError):
+        return False
+    if getattr(cfg, "model_type", None) not in FAST_MODEL_TYPES or getattr(cfg, "sliding_window", None):
+        return False
+    hf_attn = getattr(attn, "original_component", None)
+    return (hf_attn is not None and all(hasattr(attn, n) for n in ("q", "k", "v", "o"))
+            and "q_norm" not in getattr(attn, "submodules", {}) and getattr(hf_attn, "attn_logit_softcapping", None) is None
+            and all(hasattr(layer, n) for n in ("ln1", "ln2", "mlp")) and hasattr(decoder, "rotary_emb"))
+
+
+class _FastDecoder:
+    """Greedy decoding over the bridged model's modules with a preallocated cache ``[B, kv_heads,
+    max_len, d_head]`` per layer and SDPA attention; rows that finish are compacted away once a
+    quarter of the batch has finished (fewer cache copies than at every finish)."""
+
+    def __init__(self, decoder: nn.Module, head: nn.Module, batch: int, max_len: int):
+        self.decoder, self.head = decoder, head
+        self.layers = list(decoder.layers)
+        hf_attn = self.layers[0].attn.original_component
+        self.d_head, self.scale = hf_attn.head_dim, hf_attn.scaling
+        n_kv = decoder.config.num_key_value_heads
+        w = decoder.embed_tokens.weight if hasattr(decoder.embed_tokens, "weight") else next(decoder.parameters())
+        shape = (batch, n_kv, max_len, self.d_head)
+        self.k = [w.new_zeros(shape) for _ in self.layers]
+        self.v = [w.new_zeros(shape) for _ in self.layers]
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the final norm ``[B, T, d]`` of tokens ``ids`` ``[B, T]`` at cache
+        slots ``start..start+T`` (RoPE positions ``positions`` ``[B, T]``); ``mask`` ``[B, 1, T, start+T]``
+        bool (True = attend)."""
+        b, t = ids.shape
+        x = self.decoder.embed_tokens(ids)
+        cos, sin = self.decoder.rotary_emb(x, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        end = start + t
+        for i, layer in enumerate(self.layers):
+            a = layer.attn
+            h = layer.ln1(x)
+            q = a.q(h).view(b, t, -1, self.d_head).transpose(1, 2)
+            k = a.k(h).view(b, t, -1, self.d_head).transpose(1, 2)
+            v = a.v(h).view(b, t, -1, self.d_head).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k[i][:b, :, start:end] = k
+            self.v[i][:b, :, start:end] = v
+            o = F.scaled_dot_product_attention(q, self.k[i][:b, :, :end], self.v[i][:b, :, :end], attn_mask=mask,
+                                               scale=self.scale, enable_gqa=True)
+            x = x + a.o(o.transpose(1, 2).reshape(b, t, -1))
+            x = x + layer.mlp(layer.ln2(x))
+        return self.decoder.norm(x)
+
+    def run(self, input_ids, attention_mask, lengths, p: int, max_new_tokens: int, eos_ids) -> list[list[int]]:
+        b, t = input_ids.shape
+        device = input_ids.device
+        keymask = attention_mask.bool()
+        causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+        pos = torch.arange(t, device=device).expand(b, t)
+        if p >= MIN_SHARED_PREFIX:  # the shared prefix once, its cache copied to every row
+            self.forward(input_ids[:1, :p], pos[:1, :p], 0, causal[None, None, :p, :p])
+            for cache in (*self.k, *self.v):
+                cache[1:b, :, :p] = cache[:1, :, :p]
+        else:
+            p = 0
+        mask = (causal[p:] & keymask[:, None, :])[:, None]  # [B, 1, T - p, T]
+        hidden = self.forward(input_ids[:, p:], pos[:, p:], p, mask)
+        logits = self.head(hidden[torch.arange(b, device=device), lengths - 1 - p])
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+        keys = torch.cat([keymask, keymask.new_zeros(b, max_new_tokens)], 1)  # [B, max_len] slots that hold a token
+        nxt = lengths.clone()                     # each row's next RoPE position
+        alive = torch.arange(b)                   # original row of each cache row
+        live = torch.ones(b, dtype=torch.bool, device=device)
+        new: list[list[int]] = [[] for _ in range(b)]
+        slot = t
+        for step in range(max_new_tokens):
+            tok = logits.argmax(-1)
+            for i, k, on in zip(alive.tolist(), tok.tolist(), live.tolist()):
+                if on:
+                    new[i].append(k)
+            live = live & ~torch.isin(tok, eos)
+            if step == max_new_tokens - 1 or not bool(live.any()):
+                break
+            if int(live.sum()) <= 3 * len(alive) // 4:  # compact: drop the finished rows and their cache
+                keep = live.nonzero().squeeze(1)
+                n = len(keep)
+                for cache in (*self.k, *self.v):
+                    cache[:n] = cache[keep]
+                alive, tok, keys, nxt, live = alive[keep.cpu()], tok[keep], keys[keep], nxt[keep], live[keep]
+            keys[:, slot] = True
+            hidden = self.forward(tok[:, None], nxt[:, None], slot, keys[:, None, None, :slot + 1])
+            logits = self.head(hidden[:, -1])
+            nxt, slot = nxt + 1, slot + 1
+        return new
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -24,7 +24,7 @@ from . import models
 from ._forward import decoder_and_head, hidden_states
 from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
-from .generation import eos_token_ids, greedy_decode
+from .generation import eos_token_ids, fast_path_ok, greedy_decode
 from .sites import TOKEN_PREFIX, Site, check_position, parse_site, reduce_positions, rows_per_prompt, token_index
 
 # A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
@@ -253,11 +253,13 @@ class Workbench:
         installed with :meth:`hooks` apply at every step (transformer_lens backend).
 
         Greedy decoding on the transformer_lens backend runs :func:`workbench.generation.greedy_decode`
-        (shared prefix once, finished rows leave the batch; the same tokens as HF ``generate``);
-        sampling, extra ``generate`` kwargs or another backend use HF ``generate`` (left-padded)."""
+        (shared prefix once, finished rows leave the batch; without installed hooks a cached SDPA
+        decode loop; the same tokens as HF ``generate``); sampling, extra ``generate`` kwargs or
+        another backend use HF ``generate`` (left-padded)."""
         if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
             raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
         fast = not do_sample and not kwargs and self.backend.name == "transformer_lens"
+        no_hooks = fast and self.backend.installed == 0 and fast_path_ok(self.model)
         eos = eos_token_ids(self.model, self.tokenizer)
         # Batch prompts of similar length together (less padding); answers return in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -267,7 +269,8 @@ class Workbench:
             batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if fast else "left")
             batch = batch.to(self._device())
             if fast:
-                new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos)
+                new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos,
+                                    fast=no_hooks)
             else:
                 with torch.no_grad():
                     ids = self.model.generate(

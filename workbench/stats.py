@@ -76,3 +76,43 @@ def score_metrics(
         accs = np.stack([correct[:, fold_of == f].mean(1) for f in np.unique(fold_of)], 1)
         df["accuracy_fold_std"] = accs.std(1, ddof=1)
     return df
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
+    """Paired comparison of two 0/1 outcome vectors on the same items (``a``, ``b`` ``[n]``).
+
+    Returns ``n``, ``diff`` = mean(a) - mean(b) with Newcombe's (1998, method 10) score interval
+    ``diff_ci``, the discordant counts ``a_only`` / ``b_only`` and the exact McNemar p-value
+    (two-sided binomial test of the discordant pairs at 1/2).
+    """
+    from scipy.stats import binom
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired outcomes need two non-empty vectors of one length, got {a.shape} and {b.shape}")
+    n = len(a)
+    both, a_only, b_only = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
+    neither = n - both - a_only - b_only
+    disc = a_only + b_only
+    p = 1.0 if disc == 0 else float(min(1.0, 2 * binom.cdf(min(a_only, b_only), disc, 0.5)))
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    (l1,), (u1,) = wilson_interval(np.array([both + a_only]), n)
+    (l2,), (u2,) = wilson_interval(np.array([both + b_only]), n)
+    den = float(np.sqrt(float(both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)))
+    phi = (both * neither - a_only * b_only) / den if den > 0 else 0.0
+    d = p1 - p2
+    lo = d - np.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    hi = d + np.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return {"n": n, "diff": float(d), "diff_ci": [float(lo), float(hi)], "a_only": a_only, "b_only": b_only,
+            "p_value": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out

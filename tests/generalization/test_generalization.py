@@ -19,7 +19,9 @@ SPEC = {
                 "caft_random": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@random"},
                 "caft_person": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@person_pick"},
                 "caft_contrast": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@contrast",
-                                  "caft_ablation": "mean"}},
+                                  "caft_ablation": "mean"},
+                "caft_sae": {"finetuning_type": "caft", "caft_base": "full", "caft_concepts": "@sae_pick"}},
+    "sae_width": 128, "sae_epochs": 1, "sae_top": 4,
     "contrast_position": "token:doctor|nurse|surgeon|mechanic|firefighter|plumber|electrician|receptionist|"
                          "secretary|nanny|hairdresser|midwife",
     "person_pick": {"0": {"blocks.0.hook_resid_post": [1], "blocks.1.hook_resid_post": [0, 2]}},
@@ -39,7 +41,7 @@ def test_artifacts(finished):
     _, out, report = finished
     assert report.is_file() and "plotly" in report.read_text()
     res = json.loads((out / "results.json").read_text())
-    assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person", "caft_contrast"}
+    assert set(res["summary"]) == {"plain", "caft_probe", "caft_random", "caft_person", "caft_contrast", "caft_sae"}
     for m in res["summary"].values():
         assert 0 <= m["ood_test"]["mean"] <= 1 and m["ood_test"]["n_prompts"] == 12
         lo, hi = m["ood_test"]["pooled_ci"]
@@ -61,11 +63,25 @@ def test_artifacts(finished):
     person = Intervention.load(out / "train" / "0" / "caft_person" / "caft_ablation")
     assert {s: q.shape[1] for s, q in person.Q.items()} == {"blocks.0.hook_resid_post": 1, "blocks.1.hook_resid_post": 2}
     assert (out / "concepts" / "0" / "examples.html").is_file()
+    # @sae_pick: an SAE per layer, latents by attribution, picked among them; ablated by caft_sae
+    sae_info = json.loads((out / "concepts" / "0" / "sae_scores.json").read_text())
+    assert len(sae_info["scores"]) == 2 * 4 and set(seed["concepts"]["sae_pick"]) == set(sae_info["picked"])
+    assert all((out / "concepts" / "0" / "sae" / s / "cfg.json").is_file() for s in ("blocks.0.hook_resid_post",
+                                                                                     "blocks.1.hook_resid_post"))
+    sae_abl = Intervention.load(out / "train" / "0" / "caft_sae" / "caft_ablation")
+    assert sum(q.shape[1] for q in sae_abl.Q.values()) == len(sae_info["picked"]) >= 2
     # @contrast: one direction per layer, the stereotype's difference of means, mean-ablated
     con = Intervention.load(out / "train" / "0" / "caft_contrast" / "caft_ablation")
     assert all(q.shape[1] == 1 for q in con.Q.values()) and con.mean is not None
     md = (out / "results.md").read_text()
-    assert "| caft_random |" in md and "Leakage" in md
+    assert "| caft_random |" in md and "Leakage" in md and "Paired tests" in md
+    # paired tests: every pair of the 5 methods on both splits, recomputed from the saved outcomes
+    from workbench.stats import mcnemar_exact
+
+    assert len(res["paired"]) == 2 * 15
+    t = next(r for r in res["paired"] if r["split"] == "ood_test" and (r["a"], r["b"]) == ("plain", "caft_random"))
+    want = mcnemar_exact(seed["plain"]["metrics"]["ood_test"]["correct"], seed["caft_random"]["metrics"]["ood_test"]["correct"])
+    assert t["p_value"] == want["p_value"] and t["diff"] == want["diff"] and t["p_holm"] >= t["p_value"]
     # the static figure: one bar per method and split (+ 2 legend swatches), one whisker each
     import xml.dom.minidom
 

@@ -23,6 +23,8 @@ class TransformerLensBackend(Backend):
         self.points = dict(self.bridge.hook_dict)  # the property rebuilds aliases on every access
         self.valid_hooks = set(self.points)
 
+    installed = 0  # hooks installed through install() and not yet removed
+
     @contextmanager
     def install(self, hooks: Sequence[tuple[str, HookFn]]):
         added = []
@@ -31,11 +33,13 @@ class TransformerLensBackend(Backend):
                 point = self.points[name]
                 point.add_hook(lambda t, hook, fn=fn: fn(t))
                 added.append((point, point.fwd_hooks[-1]))
+                self.installed += 1
             yield
         finally:
             for point, handle in reversed(added):
                 handle.hook.remove()
                 point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+                self.installed -= 1
 
     def run(self, input_ids, attention_mask, hooks=(), **kwargs):
         with self.install(hooks):

@@ -102,12 +102,23 @@ def latent_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str]
     ``torch.autograd.grad`` with respect to the site's activation only; model parameters get no
     ``.grad``. The hook lives in a ``wb.hooks`` scope."""
     w = _as_wsae(sae, site)
+    return latent_attributions([w], wb, prompts, responses, loss=loss, batch_size=batch_size, progress=progress)[w.site]
+
+
+def latent_attributions(saes: Sequence, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
+                        loss: str | Callable = "response_nll", batch_size: int = 4,
+                        progress: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`latent_attribution` for SAEs at several sites (one per site) from one forward and one
+    backward pass per batch: ``{site: [d_sae]}``."""
+    ws = [_as_wsae(s) for s in saes]
+    if len({w.site for w in ws}) != len(ws):
+        raise ValueError("one SAE per site")
     fn, _ = _loss_fn(loss)
     if loss == "response_nll" and responses is None:
         raise ValueError("loss='response_nll' needs responses; use loss='nll' for prompts alone")
     device = wb._device() if hasattr(wb, "_device") else torch.device("cpu")
-    W = w.W_dec.float().cpu()
-    total = torch.zeros(w.d_sae, dtype=torch.float64)
+    decoders = {w.site: w.W_dec.float().cpu() for w in ws}
+    total = {w.site: torch.zeros(w.d_sae, dtype=torch.float64) for w in ws}
     count = 0
     for lo in tqdm(range(0, len(prompts), batch_size), desc="attribution", disable=not progress):
         batch = wb.tokenize(prompts[lo:lo + batch_size], None if responses is None else responses[lo:lo + batch_size])
@@ -115,21 +126,24 @@ def latent_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str]
         held: dict[str, torch.Tensor] = {}
 
         def leaf(t: torch.Tensor, name: str) -> torch.Tensor:
-            held["a"] = t.detach().requires_grad_(True)
-            return held["a"]
+            # the first site reached becomes a leaf when nothing before it needs grad (a frozen
+            # model); later sites stay in the graph, so each gets its total derivative
+            held[name] = t if t.requires_grad else t.detach().requires_grad_(True)
+            return held[name]
 
-        with torch.enable_grad(), wb.hooks({w.site: leaf}):
+        with torch.enable_grad(), wb.hooks({w.site: leaf for w in ws}):
             out = wb.backend.run(batch.input_ids, batch.attention_mask)
             value = fn(out.logits, batch)
-            (grad,) = torch.autograd.grad(value, held["a"])
+            grads = torch.autograd.grad(value, [held[w.site] for w in ws])
         mask = (batch.response_mask if loss == "response_nll" else batch.attention_mask).bool()
-        a = held["a"].detach()[mask].reshape(int(mask.sum()), -1).float().cpu()
-        g = grad[mask].reshape(a.shape[0], -1).float().cpu()
-        with torch.no_grad():
-            f = w.encode(a)
-            total += (f * (g @ W.T)).sum(0).double()
-        count += a.shape[0]
-    return (total / max(count, 1)).float()
+        n = int(mask.sum())
+        for w, grad in zip(ws, grads):
+            a = held[w.site].detach()[mask].reshape(n, -1).float().cpu()
+            g = grad[mask].reshape(n, -1).float().cpu()
+            with torch.no_grad():
+                total[w.site] += (w.encode(a) * (g @ decoders[w.site].T)).sum(0).double()
+        count += n
+    return {site: (t / max(count, 1)).float() for site, t in total.items()}
 
 
 def latents_by_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, top: int = 20,

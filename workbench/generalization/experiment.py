@@ -40,7 +40,7 @@ from typing import Any
 
 from ..models import DEFAULT_MODEL
 
-REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random", "@contrast")
+REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random", "@contrast", "@sae_pick")
 PLAIN = "plain"
 
 
@@ -72,6 +72,14 @@ class GeneralizationExperiment:
     score_n: int = 160          # training prompts for @contrast and the components' attribute scores
     leakage_n: int = 160        # training prompts for the leakage check (0: no check)
     ablation_kept: bool = True  # also evaluate CAFT runs with the ablation kept at inference
+    baseline: bool = True       # also evaluate the untouched model
+    # @sae_pick: an SAE per layer (sae-lens, on the base model's activations of the training examples),
+    # the sae_top latents per layer by attribution to the training loss, then the probe pick among them
+    sae_n: int = 160            # training examples whose tokens train the SAEs and score the attribution
+    sae_width: int = 1152       # latents per SAE (2 x d_model)
+    sae_k: int = 16             # active latents per token (TopK)
+    sae_epochs: float = 8.0
+    sae_top: int = 8            # latents per layer kept by attribution, before the pick
     quick: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -215,7 +223,7 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     contrast_concepts(exp, base, score_recs, labels["spurious"], refs["@contrast"])
     pca = needs_pca(exp)
     cached = json.loads(info_path.read_text()) if info_path.is_file() else None
-    if cached is not None and (cached.get("pca") or not pca):
+    if cached is not None and (cached.get("pca") or not pca) and (cached.get("sae_pick") or not needs_sae(exp)):
         return {r: p for r, p in refs.items() if p.is_file()}, cached["k"], cached
     info: dict[str, Any] = {"pca": pca, "probe_pick": None, "person_pick": None, "per_site_probe_pick": None}
     k = len(exp.contrast_positions)
@@ -240,6 +248,8 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
             cs.select(chosen).save(refs["@person_pick"])
         info.update(probe_pick=picked, person_pick=person or None, per_site_probe_pick=per_site, scores=scores)
         _write_examples(dict(acts), cs, score_recs, folder / "examples.html")
+    if needs_sae(exp):
+        info["sae_pick"] = sae_concepts(exp, base, train_recs, score_recs, labels, folder, refs["@sae_pick"])
     rnd = ConceptSet()
     for i, s in enumerate(exp.sites):
         rnd = rnd + random_directions(s, base.d_model, k=k, seed=1000 * seed + i, model_id=exp.model)
@@ -247,6 +257,47 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     info["k"] = k
     _write_json(info_path, info)
     return {r: p for r, p in refs.items() if p.is_file()}, k, info
+
+
+def needs_sae(exp: GeneralizationExperiment) -> bool:
+    return any(v.get("caft_concepts") == "@sae_pick" for v in exp.methods.values())
+
+
+def sae_concepts(exp, base, train_recs, score_recs, labels: dict, folder: Path, path: Path) -> list[str]:
+    """``@sae_pick``, CAFT's SAE route without OOD data: at every layer an SAE (sae-lens TopK) trained
+    on the base model's activations of ``sae_n`` training examples (every token after the chat
+    template's fixed prefix), its ``sae_top`` latents by attribution to the training loss (one
+    backward pass for all layers), then the same automatic pick as ``@probe_pick``: the latents whose
+    decoder direction separates the spurious attribute of the training prompts (at the first
+    ``contrast_position``) better than the intended one. Saves the SAEs under ``sae/`` and the
+    picked set to ``path``; returns the picked names."""
+    from ..concepts import ConceptSet
+    from ..concepts.latents import _top, latent_attributions
+    from ..concepts.sae import train_sae
+    from ..concepts.sae_data import common_prefix_length, row_positions
+    from .selection import attribute_scores, probe_pick
+
+    recs = [r for r in train_recs if r.response][: exp.sae_n]
+    prompts, responses = [r.prompt for r in recs], [r.response for r in recs]
+    acts = base.capture(prompts, exp.sites, position="all", responses=responses, progress=False)
+    keep = row_positions(acts.record_index) >= common_prefix_length(base)
+    saes = []
+    for site in exp.sites:
+        saes.append(train_sae(acts[site][keep], site=site, out=folder / "sae" / site, d_sae=exp.sae_width,
+                              k=exp.sae_k, epochs=exp.sae_epochs, model_id=exp.model, progress=False))
+    del acts
+    attr = latent_attributions(saes, base, prompts, responses, batch_size=8)
+    cs = ConceptSet()
+    for w in saes:
+        idx, vals = _top(attr[w.site], exp.sae_top, "abs")
+        cs = cs + w.concepts(idx, vals, "sae_attribution", {"top": exp.sae_top, "loss": "response_nll"})
+    pos = base.capture([r.prompt for r in score_recs], exp.sites, position=exp.contrast_positions[0], progress=False)
+    scores = attribute_scores(cs, dict(pos), labels)
+    picked_cs, picked = probe_pick(cs, scores, "spurious", "intended", exp.pick_min_score)
+    picked_cs.for_ablation().save(path)
+    _write_json(folder / "sae_scores.json", {"scores": scores, "picked": picked,
+                                             "sae_metrics": {w.site: w.metrics for w in saes}})
+    return picked
 
 
 def contrast_concepts(exp, base, recs, spurious: list[int], path: Path):
@@ -336,8 +387,8 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
     settings = {k: v for k, v in dataclasses.asdict(exp).items() if k not in ("quick", "output_dir")}
     _write_json(out / "experiment.json", settings)
     splits = {s: task_records(exp, s, 0) for s in ("id_test", "ood_test")}
-    results: dict[str, Any] = {"settings": settings, "baseline": evaluate_run(exp, None, splits, out / "eval" / "baseline.json"),
-                               "seeds": {}}
+    baseline = evaluate_run(exp, None, splits, out / "eval" / "baseline.json") if exp.baseline else None
+    results: dict[str, Any] = {"settings": settings, "baseline": baseline, "seeds": {}}
     for seed in exp.seeds:
         train_recs = task_records(exp, "train", seed)
         write_jsonl(train_recs, out / "data" / f"train_{seed}.jsonl")
@@ -346,7 +397,8 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
         train_method(exp, PLAIN, seed, out, {}, 1)
         needs_concepts = any(m != PLAIN and v.get("finetuning_type") == "caft" for m, v in exp.methods.items())
         concepts, k, info = find_concepts(exp, seed, out, train_recs) if needs_concepts else ({}, 1, {})
-        seed_res["concepts"] = {key: info.get(key) for key in ("k", "probe_pick", "person_pick", "per_site_probe_pick")}
+        seed_res["concepts"] = {key: info.get(key) for key in ("k", "probe_pick", "person_pick", "per_site_probe_pick",
+                                                                 "sae_pick")}
         for method, over in exp.methods.items():
             if over.get("caft_concepts") == "@person_pick" and "@person_pick" not in concepts:
                 print(f"[experiment] seed {seed}: {method} skipped (no person_pick for this seed; pick "

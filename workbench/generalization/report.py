@@ -2,7 +2,9 @@
 
 Per method: ID accuracy, OOD accuracy and the OOD flipped (spurious) rate, as the mean over
 training seeds with the spread (min-max) and the Wilson interval pooled over seeds' prompts;
-CAFT methods also with the ablation kept at inference, and the leakage check.
+CAFT methods also with the ablation kept at inference, and the leakage check. Between every pair of
+methods, per split: an exact McNemar test on the same (seed, prompt) outcomes, the difference with
+Newcombe's paired interval, Holm-adjusted over the pairs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stats import wilson_interval
+from ..stats import holm, mcnemar_exact, wilson_interval
 
 SPLITS = (("id_test", "ID"), ("ood_test", "OOD"))
 COLORS = ("#1f77b4", "#d62728")  # per split, in both figures
@@ -52,6 +54,34 @@ def summarize(results: dict) -> dict[str, dict]:
     return methods
 
 
+def paired_tests(results: dict, alpha: float = 0.05) -> list[dict]:
+    """Every pair of methods on each split, over the seeds both ran: exact McNemar on per-prompt
+    correctness, the accuracy difference (first - second) with its interval, Holm-adjusted p over
+    the pairs of that split; ``significant`` at ``alpha`` after adjustment."""
+    correct: dict[str, dict[str, dict[str, list[int]]]] = {}
+    for seed, res in results["seeds"].items():
+        for method, r in res.items():
+            if method != "concepts":
+                for split, _ in SPLITS:
+                    correct.setdefault(method, {}).setdefault(split, {})[seed] = r["metrics"][split]["correct"]
+    methods = list(correct)
+    rows = []
+    for split, _ in SPLITS:
+        block = []
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                seeds = [x for x in correct[a][split] if x in correct[b][split]]
+                if not seeds:
+                    continue
+                va = np.concatenate([correct[a][split][x] for x in seeds])
+                vb = np.concatenate([correct[b][split][x] for x in seeds])
+                block.append({"split": split, "a": a, "b": b, "seeds": seeds, **mcnemar_exact(va, vb)})
+        for row, adj in zip(block, holm([r["p_value"] for r in block])):
+            row.update(p_holm=adj, significant=bool(adj < alpha))
+        rows += block
+    return rows
+
+
 def _fmt(s: dict | None, ci: bool = True) -> str:
     if not s:
         return "-"
@@ -64,7 +94,9 @@ def _fmt(s: dict | None, ci: bool = True) -> str:
 
 
 def markdown(results: dict, summary: dict) -> str:
-    base = results["baseline"]["metrics"]
+    base = (results.get("baseline") or {}).get("metrics")
+    untouched = (f"Untouched model: ID {base['id_test']['accuracy']:.3f}, OOD {base['ood_test']['accuracy']:.3f}."
+                 if base else "Untouched model: not evaluated in this run (baseline: false).")
     lines = [f"# {results['settings']['task']}: what fine-tuning generalizes to", "",
              f"Seeds {results['settings']['seeds']}; {results['settings']['n_test']} ID and "
              f"{results['settings']['n_test']} OOD prompts; wall time of this invocation "
@@ -72,12 +104,22 @@ def markdown(results: dict, summary: dict) -> str:
              "Accuracy = the correct option's next-token logit beats the other's. Cells: mean over seeds "
              "(min-max over seeds) [95% Wilson interval over all seeds' prompts]. OOD flipped = the "
              "spurious cue's answer wins.", "",
-             f"Untouched model: ID {base['id_test']['accuracy']:.3f}, OOD {base['ood_test']['accuracy']:.3f}.", "",
+             untouched, "",
              "| method | ID accuracy | OOD accuracy | OOD flipped | OOD with ablation kept |",
              "|---|---|---|---|---|"]
     for method, m in summary.items():
         lines.append(f"| {method} | {_fmt(m.get('id_test'))} | {_fmt(m.get('ood_test'))} | "
                      f"{_fmt(m.get('flipped'), False)} | {_fmt(m.get('ood_kept'), False)} |")
+    tests = results.get("paired") or []
+    if tests:
+        lines += ["", "## Paired tests: exact McNemar on the same prompts (pooled over the seeds both ran), "
+                  "Holm-adjusted over the pairs of each split", "",
+                  "| split | A | B | A - B [95% Newcombe] | A only / B only correct | p | p (Holm) | significant at 0.05 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in tests:
+            lines.append(f"| {dict(SPLITS)[t['split']]} | {t['a']} | {t['b']} | {t['diff']:+.3f} "
+                         f"[{t['diff_ci'][0]:+.2f}, {t['diff_ci'][1]:+.2f}] | {t['a_only']} / {t['b_only']} | "
+                         f"{t['p_value']:.2g} | {t['p_holm']:.2g} | {'yes' if t['significant'] else 'no'} |")
     leak = [(method, row) for method, m in summary.items() for row in m.get("leakage", [])]
     if leak:
         lines += ["", "## Leakage: probe accuracy of each attribute on the CAFT model's activations "
@@ -92,7 +134,8 @@ def markdown(results: dict, summary: dict) -> str:
         lines += ["", "## Directions chosen (per seed)", ""]
         for seed, p in picks.items():
             lines.append(f"- seed {seed}: k = {p.get('k')} per layer (matched controls); probe pick "
-                         f"{p.get('probe_pick')}; person's pick {p.get('person_pick')}")
+                         f"{p.get('probe_pick')}; person's pick {p.get('person_pick')}"
+                         + (f"; SAE pick ({len(p['sae_pick'])} latents) {p['sae_pick']}" if p.get("sae_pick") else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +209,7 @@ def figure_svg(summary: dict, title: str = "ID vs OOD accuracy") -> str:
 def write_reports(results: dict, out: Path) -> Path:
     out = Path(out)
     summary = summarize(results)
+    results = {**results, "paired": paired_tests(results)}
     (out / "results.json").write_text(json.dumps({"summary": summary, **results}, indent=2, default=str))
     md = markdown(results, summary)
     (out / "results.md").write_text(md)

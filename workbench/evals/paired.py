@@ -1,0 +1,43 @@
+"""Paired comparisons of evaluated runs on the same prompts: for every suite with per-prompt
+samples and every pair of runs, the exact McNemar test on the metric's per-prompt outcome, the
+difference of the two rates with Newcombe's paired interval, Holm-adjusted over all comparisons."""
+
+from __future__ import annotations
+
+from ..stats import holm, mcnemar_exact
+
+# the per-prompt outcome each suite kind's metric counts, from a sample's third field (refused, or
+# the exact-match hit for gsm8k)
+HIT = {"refusal": True, "overrefusal": True, "attack": False, "compliance": False, "gsm8k": True}
+
+
+def paired_suite_tests(results: dict[str, dict], alpha: float = 0.05) -> list[dict]:
+    """``results``: ``{run: load_metrics(...)}``. One row per (suite, run A, run B): ``diff`` = A's
+    rate - B's, ``diff_ci``, ``p_value``, ``p_holm``, ``significant`` (at ``alpha`` after Holm)."""
+    names = list(results)
+    rows = []
+    suites = [s for s, m in next(iter(results.values()))["suites"].items() if m.get("samples") and m.get("kind") in HIT]
+    for suite in suites:
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                sa, sb = results[a]["suites"].get(suite), results[b]["suites"].get(suite)
+                if not sa or not sb or [s[0] for s in sa["samples"]] != [s[0] for s in sb["samples"]]:
+                    continue  # not the same prompts: no pairing
+                want = HIT[sa["kind"]]
+                va = [bool(s[2]) == want for s in sa["samples"]]
+                vb = [bool(s[2]) == want for s in sb["samples"]]
+                rows.append({"suite": suite, "metric": sa.get("metric"), "a": a, "b": b, **mcnemar_exact(va, vb)})
+    for row, adj in zip(rows, holm([r["p_value"] for r in rows])):
+        row.update(p_holm=adj, significant=bool(adj < alpha))
+    return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Markdown of :func:`paired_suite_tests`."""
+    lines = ["| suite (metric) | A | B | A - B [95% Newcombe] | A only / B only | p | p (Holm) | significant at 0.05 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['suite']} ({r['metric']}) | {r['a']} | {r['b']} | {r['diff']:+.3f} "
+                     f"[{r['diff_ci'][0]:+.2f}, {r['diff_ci'][1]:+.2f}] | {r['a_only']} / {r['b_only']} | "
+                     f"{r['p_value']:.2g} | {r['p_holm']:.2g} | {'yes' if r['significant'] else 'no'} |")
+    return "\n".join(lines)
