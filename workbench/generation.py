@@ -15,7 +15,8 @@ fp32):
 
 * with hooks installed (``Workbench.hooks``): the wrapped model's own forward, so every hook fires
   at every call (prefill positions, then one new position per step), as with HF ``generate``;
-* without hooks, on a TransformerLens-bridged Llama-family model (:func:`fast_path_ok`): a decode
+* without hooks installed through ``Workbench.hooks`` (hooks added to the bridge's hook points
+  by hand are not seen), on a TransformerLens-bridged Llama-family model (:func:`fast_path_ok`): a decode
   loop over the same modules (norms, projections -- LoRA included -- and MLPs) with a
   preallocated key/value cache and grouped-query SDPA attention. The bridge's attention
   re-implements attention eagerly for its score / pattern hooks and copies every key/value

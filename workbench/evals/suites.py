@@ -126,7 +126,7 @@ def _perplexity(wb, suite: Suite, batch_size: int) -> dict:
     return {"value": float(np.exp(nll / count)), "ci_low": float("nan"), "ci_high": float("nan"), "n": count}
 
 
-def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 32, judge=None,
+def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 64, judge=None,
               gsm8k_tokens: int = 256) -> dict:
     """Metrics of one suite; generation suites also return ``samples`` (prompt, response, refused).
     ``max_new_tokens`` is enough to judge a refusal; GSM8K answers get ``gsm8k_tokens``."""
@@ -152,7 +152,7 @@ METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "com
                 "perplexity": "perplexity"}
 
 
-def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 32,
+def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 64,
              progress: bool = True, gsm8k_tokens: int = 256) -> dict[str, dict]:
     """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``."""
     out = {}

@@ -355,13 +355,12 @@ def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=
     deployed = apply_run(run, wb) if run is not None else None
     res = {"run": str(run) if run else None, "metrics": evaluate_choice(wb, splits, hooks=deployed)}
     abl_dir = run / "caft_ablation" if run is not None else None
-    if abl_dir is not None and abl_dir.is_dir() and (exp.ablation_kept or leak_recs):
-        ablate = Intervention.load(abl_dir)
-        if isinstance(ablate, Ablate) and exp.ablation_kept:
-            res["metrics_ablation_kept"] = evaluate_choice(wb, splits, hooks=ablate)
-        if isinstance(ablate, Ablate) and leak_recs:
-            acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
-            res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
+    ablate = Intervention.load(abl_dir) if abl_dir is not None and abl_dir.is_dir() else None
+    if isinstance(ablate, Ablate) and exp.ablation_kept:
+        res["metrics_ablation_kept"] = evaluate_choice(wb, splits, hooks=ablate)
+    if isinstance(ablate, Ablate) and leak_recs:
+        acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
+        res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
     _write_json(out_path, res)
     return res
 
