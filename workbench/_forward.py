@@ -44,14 +44,24 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     p = min(shared_prefix_length(input_ids, attention_mask), t - 1) if share_prefix and b > 1 else 0
     if p < MIN_SHARED_PREFIX:
         return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    first, rest, _ = prefill_shared(decoder, input_ids, mask, p)
+    return torch.cat([first.expand(b, -1, -1), rest], 1)
+
+
+def prefill_shared(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int):
+    """Run the first ``p`` positions (the same in every row) at batch 1, broadcast their key/value
+    cache to the batch (views), then run the rest on it. Returns the prefix's hidden states
+    ``[1, p, d]``, the rest's ``[batch, pos - p, d]`` and the cache (a ``DynamicCache`` holding every
+    position, to decode from)."""
     from transformers import DynamicCache
 
+    b, t = input_ids.shape
     first = decoder(input_ids=input_ids[:1, :p], use_cache=True, past_key_values=DynamicCache())
     cache = first.past_key_values
     for layer in cache.layers:
         layer.keys = layer.keys.expand(b, *layer.keys.shape[1:])
         layer.values = layer.values.expand(b, *layer.values.shape[1:])
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    rest = decoder(input_ids=input_ids[:, p:], attention_mask=mask, past_key_values=cache, use_cache=True,
+    rest = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, past_key_values=cache, use_cache=True,
                    cache_position=torch.arange(p, t, device=input_ids.device))
-    return torch.cat([first.last_hidden_state.expand(b, -1, -1), rest.last_hidden_state], 1)
+    return first.last_hidden_state, rest.last_hidden_state, cache

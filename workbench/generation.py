@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._forward import MIN_SHARED_PREFIX, decoder_and_head, shared_prefix_length
+from ._forward import MIN_SHARED_PREFIX, decoder_and_head, prefill_shared, shared_prefix_length
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -76,16 +76,11 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if fast:
         return _FastDecoder(decoder, head, b, t + max_new_tokens).run(input_ids, attention_mask, lengths, p,
                                                                        max_new_tokens, eos_ids)
-    cache = DynamicCache()
     if p >= MIN_SHARED_PREFIX:
-        decoder(input_ids=input_ids[:1, :p], use_cache=True, past_key_values=cache)
-        for layer in cache.layers:
-            layer.keys = layer.keys.expand(b, *layer.keys.shape[1:])
-            layer.values = layer.values.expand(b, *layer.values.shape[1:])
-        out = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, past_key_values=cache,
-                      use_cache=True, cache_position=torch.arange(p, t, device=device))
-        last = out.last_hidden_state[torch.arange(b, device=device), lengths - 1 - p]
+        _, rest, cache = prefill_shared(decoder, input_ids, attention_mask, p)
+        last = rest[torch.arange(b, device=device), lengths - 1 - p]
     else:
+        cache = DynamicCache()
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
         last = out.last_hidden_state[torch.arange(b, device=device), lengths - 1]
     logits = head(last)

@@ -258,19 +258,19 @@ class Workbench:
         another backend use HF ``generate`` (left-padded)."""
         if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
             raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
-        fast = not do_sample and not kwargs and self.backend.name == "transformer_lens"
-        no_hooks = fast and self.backend.installed == 0 and fast_path_ok(self.model)
+        greedy = not do_sample and not kwargs and self.backend.name == "transformer_lens"
+        hook_free = greedy and self.backend.installed == 0 and fast_path_ok(self.model)
         eos = eos_token_ids(self.model, self.tokenizer)
         # Batch prompts of similar length together (less padding); answers return in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
             idx = order[lo:lo + batch_size]
-            batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if fast else "left")
+            batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if greedy else "left")
             batch = batch.to(self._device())
-            if fast:
+            if greedy:
                 new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos,
-                                    fast=no_hooks)
+                                    fast=hook_free)
             else:
                 with torch.no_grad():
                     ids = self.model.generate(

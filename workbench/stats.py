@@ -116,3 +116,11 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         out[i] = running
     return out
+
+
+def mark_significant(rows: list[dict], alpha: float = 0.05) -> list[dict]:
+    """Add ``p_holm`` (Holm over ``rows``' ``p_value`` s) and ``significant`` (``p_holm < alpha``) to
+    each row, in place; returns ``rows``."""
+    for row, adj in zip(rows, holm([r["p_value"] for r in rows])):
+        row.update(p_holm=adj, significant=bool(adj < alpha))
+    return rows

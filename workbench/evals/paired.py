@@ -4,7 +4,7 @@ difference of the two rates with Newcombe's paired interval, Holm-adjusted over 
 
 from __future__ import annotations
 
-from ..stats import holm, mcnemar_exact
+from ..stats import mark_significant, mcnemar_exact
 
 # the per-prompt outcome each suite kind's metric counts, from a sample's third field (refused, or
 # the exact-match hit for gsm8k)
@@ -27,9 +27,7 @@ def paired_suite_tests(results: dict[str, dict], alpha: float = 0.05) -> list[di
                 va = [bool(s[2]) == want for s in sa["samples"]]
                 vb = [bool(s[2]) == want for s in sb["samples"]]
                 rows.append({"suite": suite, "metric": sa.get("metric"), "a": a, "b": b, **mcnemar_exact(va, vb)})
-    for row, adj in zip(rows, holm([r["p_value"] for r in rows])):
-        row.update(p_holm=adj, significant=bool(adj < alpha))
-    return rows
+    return mark_significant(rows, alpha)
 
 
 def paired_table(rows: list[dict]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stats import holm, mcnemar_exact, wilson_interval
+from ..stats import mark_significant, mcnemar_exact, wilson_interval
 
 SPLITS = (("id_test", "ID"), ("ood_test", "OOD"))
 COLORS = ("#1f77b4", "#d62728")  # per split, in both figures
@@ -76,9 +76,7 @@ def paired_tests(results: dict, alpha: float = 0.05) -> list[dict]:
                 va = np.concatenate([correct[a][split][x] for x in seeds])
                 vb = np.concatenate([correct[b][split][x] for x in seeds])
                 block.append({"split": split, "a": a, "b": b, "seeds": seeds, **mcnemar_exact(va, vb)})
-        for row, adj in zip(block, holm([r["p_value"] for r in block])):
-            row.update(p_holm=adj, significant=bool(adj < alpha))
-        rows += block
+        rows += mark_significant(block, alpha)
     return rows
 
 
