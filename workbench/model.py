@@ -90,6 +90,10 @@ class Workbench:
 
             model, tokenizer, lm = connect_remote(name)
             return cls(model, tokenizer, name, backend=backend, remote=lm, **kwargs)
+        if device == "cpu":
+            from ._allocator import keep_freed_memory
+
+            keep_freed_memory()
         model, tokenizer = models.load(name, dtype=dtype, device=device)
         return cls(model, tokenizer, name, backend=backend, **kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from workbench.generalization import GeneralizationError, GeneralizationExperiment, run_generalization
@@ -73,6 +74,14 @@ def test_artifacts(finished):
     # @contrast: one direction per layer, the stereotype's difference of means, mean-ablated
     con = Intervention.load(out / "train" / "0" / "caft_contrast" / "caft_ablation")
     assert all(q.shape[1] == 1 for q in con.Q.values()) and con.mean is not None
+    # every CAFT run read the seed's one capture of the base model's token statistics
+    stats = out / "concepts" / "0" / "token_stats.safetensors"
+    for method in ("caft_probe", "caft_random", "caft_person", "caft_contrast", "caft_sae"):
+        assert json.loads((out / "train" / "0" / method / "config.json").read_text())["recipe"]["caft_stats"] == str(stats)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(stats))
+    assert all(torch.allclose(con.mean[s], saved[f"mean/{s}"]) for s in con.Q)
     md = (out / "results.md").read_text()
     assert "| caft_random |" in md and "Leakage" in md and "Paired tests" in md
     # paired tests: every pair of the 5 methods on both splits, recomputed from the saved outcomes

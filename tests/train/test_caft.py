@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from workbench import Workbench
 from workbench.data.tasks import gender_task
 from workbench.interventions import Ablate, Compose, Intervention, Steer
-from workbench.train import apply_run, coca, train
+from workbench.train import apply_run, caft, coca, train
 from workbench.train.recipe import RecipeError
 
 BASE = {"model_name_or_path": "tiny-llama", "cutoff_len": 96, "per_device_train_batch_size": 4, "save_steps": 100,
@@ -108,6 +108,25 @@ def test_mean_ablation_uses_the_mean_over_all_positions_or_the_given_one(tmp_pat
     res2 = train({**BASE, "dataset": data, "output_dir": str(tmp_path / "m2"), "finetuning_type": "caft",
                   "caft_concepts": str(dpath), "caft_ablation": "mean", "caft_mean": str(mpath)}, progress=False)
     assert all(torch.equal(res2.method.hooks.mean[s], given[s]) for s in SITES)
+
+
+def test_shared_token_statistics_replace_the_capture_and_must_match_the_data(tmp_path, data):
+    dirs = {s: torch.randn(1, 64, generator=torch.Generator().manual_seed(6)) for s in SITES}
+    dpath = tmp_path / "dirs.safetensors"
+    save_file(dirs, str(dpath))
+    wb = Workbench.load("tiny-llama", system_prompt="")
+    recs = coca.read_jsonl(data)
+    stats = caft.save_token_statistics(wb, recs, SITES, tmp_path / "stats.safetensors", max_chars=4 * 96)
+    run = {**BASE, "dataset": data, "finetuning_type": "caft", "caft_concepts": str(dpath), "caft_ablation": "mean"}
+    own = train({**run, "output_dir": str(tmp_path / "own")}, progress=False)
+    shared = train({**run, "output_dir": str(tmp_path / "shared"), "caft_stats": str(stats)}, progress=False)
+    for s in SITES:
+        assert torch.allclose(shared.method.hooks.mean[s], own.method.hooks.mean[s], atol=1e-5)
+    assert _cfg(tmp_path / "shared")["method"]["caft_resid_norm"] == pytest.approx(
+        _cfg(tmp_path / "own")["method"]["caft_resid_norm"], rel=1e-5)
+    other = caft.save_token_statistics(wb, recs[:5], SITES, tmp_path / "other.safetensors", max_chars=4 * 96)
+    with pytest.raises(ValueError, match="another model, system prompt or training data"):
+        train({**run, "output_dir": str(tmp_path / "bad"), "caft_stats": str(other)}, progress=False)
 
 
 def test_diffmeans_between_two_prompt_sets_at_a_named_token(tmp_path, data):

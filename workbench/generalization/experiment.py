@@ -172,6 +172,10 @@ def recipe_for(exp: GeneralizationExperiment, method: str, seed: int, out: Path,
            **exp.recipe, **over}
     if rec.get("finetuning_type") == "caft":
         rec.setdefault("caft_layers", list(exp.layers))
+        stats = stats_path(out, seed)
+        if stats.is_file() and rec.get("cutoff_len", _default_cutoff()) == _stats_cutoff(exp) \
+                and sorted(rec["caft_layers"]) == sorted(exp.layers):
+            rec.setdefault("caft_stats", str(stats))
         ref = rec.get("caft_concepts")
         if isinstance(ref, str) and ref.startswith("@"):
             if ref not in concepts:
@@ -183,6 +187,21 @@ def recipe_for(exp: GeneralizationExperiment, method: str, seed: int, out: Path,
         if rec.get("caft_n_directions") == "@k":
             rec["caft_n_directions"] = k
     return rec
+
+
+def stats_path(out: Path, seed: int) -> Path:
+    """The base model's token statistics on seed ``seed``'s training data, shared by its CAFT runs."""
+    return out / "concepts" / str(seed) / "token_stats.safetensors"
+
+
+def _default_cutoff() -> int:
+    from ..train.recipe import Recipe
+
+    return Recipe.cutoff_len
+
+
+def _stats_cutoff(exp: GeneralizationExperiment) -> int:
+    return int(exp.recipe.get("cutoff_len", _default_cutoff()))
 
 
 def train_method(exp, method: str, seed: int, out: Path, concepts: dict[str, Path], k: int) -> Path:
@@ -212,6 +231,7 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     probe pick's mean count per layer, or the number of contrast positions, whichever is larger."""
     from ..concepts import ConceptSet, pca_diff, random_directions
     from ..train import apply_run
+    from ..train.caft import save_token_statistics
     from .selection import attribute_scores, probe_pick
 
     folder = out / "concepts" / str(seed)
@@ -221,6 +241,8 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     score_recs = train_recs[: exp.score_n]
     labels = attribute_labels(score_recs, exp.attributes)
     contrast_concepts(exp, base, score_recs, labels["spurious"], refs["@contrast"])
+    if not stats_path(out, seed).is_file():
+        save_token_statistics(base, train_recs, exp.sites, stats_path(out, seed), 4 * _stats_cutoff(exp))
     pca = needs_pca(exp)
     cached = json.loads(info_path.read_text()) if info_path.is_file() else None
     if cached is not None and (cached.get("pca") or not pca) and (cached.get("sae_pick") or not needs_sae(exp)):

@@ -95,6 +95,61 @@ def token_activations(wb, records, sites, position: str = "all", max_records: in
     return wb.capture(prompts, sites, position=position, batch_size=8, responses=responses, progress=False)
 
 
+def _stats_key(wb, records, max_chars: int) -> str:
+    """What the statistics depend on: model, system prompt and the examples read."""
+    import hashlib
+    import json
+
+    prompts, responses = _examples(records, max_chars=max_chars)
+    blob = json.dumps([wb.model_id, wb.chat.system_prompt, prompts, responses])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def token_statistics(wb, records, sites, max_chars: int = 512) -> dict[str, dict[str, torch.Tensor]]:
+    """The base model's statistics at every position of the training examples (the positions
+    CAFT acts on): ``{"mean": {site: [d]}, "norm": {site: []}}`` (mean activation, mean L2 norm)."""
+    acts = token_activations(wb, records, sites, "all", max_chars=max_chars)
+    return {"mean": {s: acts[s].mean(0) for s in sites},
+            "norm": {s: acts[s].norm(dim=-1).mean() for s in sites}}
+
+
+def save_token_statistics(wb, records, sites, path: str | Path, max_chars: int = 512) -> Path:
+    """:func:`token_statistics` as safetensors (``mean/{site}``, ``norm/{site}``), tagged with the
+    model and examples they came from: recipes with the same model and data pass it as
+    ``caft_stats`` and skip the capture (an experiment's CAFT runs share one)."""
+    from safetensors.torch import save_file
+
+    stats = token_statistics(wb, records, sites, max_chars)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({f"{kind}/{s}": v.contiguous() for kind, per in stats.items() for s, v in per.items()}, str(tmp),
+              metadata={"workbench": "caft_stats/1", "examples": _stats_key(wb, records, max_chars)})
+    tmp.replace(path)
+    return path
+
+
+def load_token_statistics(path: str | Path, wb, records, sites, max_chars: int = 512) -> dict:
+    """Read a :func:`save_token_statistics` file, checking it was made from this model and data."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caft_stats {path} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        raw = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("workbench") != "caft_stats/1":
+        raise ValueError(f"caft_stats {path} is not a workbench statistics file (metadata {meta})")
+    if meta.get("examples") != _stats_key(wb, records, max_chars):
+        raise ValueError(f"caft_stats {path} was computed from another model, system prompt or training "
+                         f"data than this run's; recompute it (caft.save_token_statistics) or leave caft_stats unset")
+    missing = [s for s in sites if f"mean/{s}" not in raw or f"norm/{s}" not in raw]
+    if missing:
+        raise ValueError(f"caft_stats {path} has no statistics for {missing}")
+    return {"mean": {s: raw[f"mean/{s}"].float() for s in sites}, "norm": {s: raw[f"norm/{s}"] for s in sites}}
+
+
 def pca_directions(wb, records, layers, k: int, position: str = "response", max_chars: int = 512) -> dict:
     """Top-``k`` principal components of the base model's activations (the "top PCs" baseline)."""
     from ..concepts.pca import principal_components
@@ -229,9 +284,10 @@ class CaftMixin:
         probe = Ablate(dirs, model_id=wb.model_id)
         probe.check(wb)  # sites and widths against the model, before any capture or training
         # statistics of the base model's activations at every position of the training examples
-        acts = token_activations(wb, self.records, sites, "all", max_chars=4 * r.cutoff_len)
-        token_mean = {s: acts[s].mean(0) for s in sites}
-        norms = {s: float(acts[s].norm(dim=-1).mean()) for s in sites}
+        stats = (load_token_statistics(r.caft_stats, wb, self.records, sites, 4 * r.cutoff_len) if r.caft_stats
+                 else token_statistics(wb, self.records, sites, 4 * r.cutoff_len))
+        token_mean = stats["mean"]
+        norms = {s: float(v) for s, v in stats["norm"].items()}
         if r.caft_mean is not None:
             mean = load_means(r.caft_mean, sites)
         elif mean is None:

@@ -82,6 +82,7 @@ class Recipe:
     caft_position: str = "response"           # tokens the directions / mean / norms are read at (all, response, last, ...)
     caft_contrast: str | None = None          # diffmeans: "A,B" two prompt sets (registry names / .jsonl), mean(A) - mean(B)
     caft_mean: str | None = None              # mean ablation: a safetensors {site: [d]} to use as the mean
+    caft_stats: str | None = None             # the base model's token statistics on this data (caft.save_token_statistics): no capture
     # --- warm start
     warm_start_from: str | None = None        # a previous run folder: start from its trained parameters
     # --- optimisation
