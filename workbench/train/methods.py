@@ -184,19 +184,26 @@ class Method:
 
 
 class TrainModule(nn.Module):
-    """What the HF Trainer trains: the model (``core``) plus intervention parameters (``extras``)."""
+    """What the HF Trainer trains: the model (``core``) plus intervention parameters (``extras``).
+
+    The Trainer passes ``num_items_in_batch`` (labelled tokens of the whole step: every accumulated
+    micro-batch and, under ``accelerate launch``, every process): the loss is then the sum over this
+    micro-batch divided by it, so several processes or accumulation steps give the same gradient as
+    one batch of the global size."""
+
+    accepts_loss_kwargs = True
 
     def __init__(self, core: nn.Module, extras: nn.Module | None = None):
         super().__init__()
         self.core = core
         self.extras = extras if extras is not None else nn.Module()
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, num_items_in_batch=None, **_):
         if labels is None:
             return self.core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         from .loss import response_loss
 
-        return {"loss": response_loss(self.core, input_ids, attention_mask, labels)}
+        return {"loss": response_loss(self.core, input_ids, attention_mask, labels, num_items=num_items_in_batch)}
 
 
 class LoraMethod(Method):

@@ -160,6 +160,13 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _cpu_processes() -> int:
+    """How many processes train together without a GPU (``WORLD_SIZE`` under torchrun); 1 on GPUs."""
+    import os
+
+    return 1 if torch.cuda.is_available() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> str | None:
     """Create / check the run folder; return the checkpoint to resume from, if any."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -278,6 +285,8 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, report_to=recipe.report_to,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not progress, label_names=["labels"], optim="adamw_torch_fused",
+        # without a GPU: CPU processes, gloo between them (torchrun --nproc_per_node N gives data parallelism)
+        use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if _cpu_processes() > 1 else None,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random")
     WorkbenchTrainer, MetricsCallback, NoFinalCheckpoint = _trainer_classes()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE)
