@@ -9,7 +9,9 @@ Loss on response tokens only (labels ``-100`` elsewhere, right padding). ``finet
 
 Interventions are installed with ``with wb.hooks(...)`` around ``trainer.train()`` (the TransformerLens
 backend fires them on every call of the model) and removed on any exit. Because the model is the
-Trainer's, ``accelerate launch`` runs the same code on several GPUs.
+Trainer's, ``accelerate launch`` / ``torchrun`` run the same code on several GPUs, and ``torchrun
+--nproc_per_node N`` on several CPU processes (gloo; ``tests/train/test_distributed.py`` checks that
+two processes train the same weights as one with the same global batch).
 
 A run folder holds ``config.json`` (recipe, model, data hash, trainable parameter counts, versions),
 ``data.jsonl`` (the records trained on), ``metrics.jsonl`` (one line per logged step),
