@@ -84,7 +84,7 @@ def test_help_is_fast_and_complete():
                     yield from parsers(sp)
 
     all_parsers = list(parsers(build_parser(["sae", "train"])))
-    assert {"demo", "experiment", "cache", "probe", "sites", "train", "sae", "eval", "report"} <= {
+    assert {"demo", "experiment", "cache", "probe", "sites", "train", "sae", "eval", "report", "refusal-direction"} <= {
         p.prog.split()[-1] for p in all_parsers}
     for p in all_parsers:
         for a in p._actions:
@@ -122,3 +122,20 @@ def test_own_prompt_file_for_cache_and_eval(tmp_path, capsys):
     assert main(["eval", "tiny-llama", "--prompts", str(bad), "--only-prompts", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.csv:2: label 'unknown'" in err[0]
+
+
+def test_refusal_direction_command(tmp_path, capsys):
+    """Select, save and export on tiny-llama; the paper's filters on a random model are a clear error."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    common = ["refusal-direction", "tiny-llama", "--n-train", "8", "--n-val", "6", "--out", str(tmp_path / "rd")]
+    assert main(common) == 2
+    assert "no candidate direction passed the filters" in capsys.readouterr().err
+    assert main([*common, "--prune-layers", "0", "--kl-max", "1e9", "--induce-min=-1e9",
+                 "--export", str(tmp_path / "ablated")]) == 0
+    meta = json.loads((tmp_path / "rd" / "direction.json").read_text())
+    assert meta["layer"] == 1 and meta["position"] == -1 and len(meta["scores"]) == 1
+    assert "refusal direction: layer 1" in capsys.readouterr().out
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "ablated"))  # a plain HF folder

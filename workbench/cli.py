@@ -9,6 +9,7 @@
     workbench train RECIPE.yaml                             fine-tune (lora | full | lofit | caft) -> run folder
     workbench eval MODEL_OR_RUN [--size quick|full] [--prompts FILE] [--out DIR]   safety evaluation -> eval.json + report.html
     workbench report RUN_OR_EVAL... --out DIR               side-by-side comparison of evaluations
+    workbench refusal-direction MODEL_OR_RUN --out DIR [--export DIR]   Arditi et al.'s refusal direction (+ ablated model)
 """
 
 from __future__ import annotations
@@ -122,6 +123,42 @@ def _load_for_eval(target: str):
         wb = Workbench.load(read_run_config(folder)["model_id"])
         return wb, apply_run(folder, wb)
     return Workbench.load(target), {}
+
+
+def cmd_refusal_direction(args) -> Path:
+    """Arditi et al.'s refusal direction of a model or a run: select, save, optionally export."""
+    from contextlib import nullcontext
+
+    from .concepts.refusal import export_ablated, select_refusal_direction
+    from .data import load_dataset
+
+    def prompts(names: str, split: str, n: int) -> list[str]:  # short instructions, as the paper's
+        recs = [r for name in names.split(",") for r in load_dataset(name.strip(), split=split)]
+        return [r.prompt for r in recs if len(r.prompt) <= args.max_chars][:n]
+
+    wb, deployed = _load_for_eval(args.target)
+    sets = {f"{kind}_{split}": prompts(names, split, n) for kind, names in (("harmful", args.harmful),
+                                                                            ("harmless", args.harmless))
+            for split, n in (("train", args.n_train), ("val", args.n_val))}
+    empty = [k for k, v in sets.items() if not v]
+    if empty:
+        raise ValueError(f"no prompts for {empty}: check --harmful / --harmless")
+    positions = [int(p) for p in args.positions.split(",")] if args.positions != "all" else None
+    with wb.hooks(deployed) if deployed else nullcontext():
+        rd = select_refusal_direction(wb, sets["harmful_train"], sets["harmless_train"], sets["harmful_val"],
+                                      sets["harmless_val"], kl_max=args.kl_max, positions=positions,
+                                      prune_layers=args.prune_layers, induce_min=args.induce_min)
+    out = rd.save(args.out)
+    best = next(r for r in rd.scores if (r["position"], r["layer"]) == (rd.position, rd.layer))
+    print(f"refusal direction: layer {rd.layer}, post-instruction position {rd.position}; refusal score on harmful "
+          f"prompts {rd.baseline['harmful']:.2f} -> {best['bypass']:.2f} ablated; on harmless "
+          f"{rd.baseline['harmless']:.2f} -> {best['induce']:.2f} added; KL {best['kl']:.3f} -> {out}")
+    if args.export:
+        if deployed:
+            raise ValueError("--export folds the ablation into plain weights; this run keeps hooks at inference "
+                             "(LoFIT) that a plain model folder cannot hold")
+        print(f"exported: {export_ablated(wb, rd.direction, args.export)}")
+    return out
 
 
 def cmd_eval(args) -> Path:
@@ -238,6 +275,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         from .concepts.sae import add_train_arguments, run_train
 
         add_train_arguments(sae_train).set_defaults(func=run_train)
+    rdir = command("refusal-direction", "find the refusal direction of a model or a training run (Arditi et al. "
+                   "2024: difference of means, selected by bypass / induce / KL) and optionally export the model "
+                   "with it ablated")
+    rdir.add_argument("target", help="a model name or a training run folder")
+    rdir.add_argument("--out", required=True, help="folder for direction.safetensors and direction.json (every "
+                      "candidate's scores)")
+    rdir.add_argument("--harmful", default="advbench,harmbench", help="comma-separated harmful datasets")
+    rdir.add_argument("--harmless", default="benign_instructions", help="comma-separated harmless datasets")
+    rdir.add_argument("--n-train", type=int, default=64, help="prompts per class for the means (train split)")
+    rdir.add_argument("--n-val", type=int, default=24, help="prompts per class for the scores (val split)")
+    rdir.add_argument("--positions", default="-1", help="post-instruction positions to try (--positions=-2,-1), comma-separated "
+                      "negative indices, or 'all' (3 passes over the validation prompts per position and layer)")
+    rdir.add_argument("--kl-max", type=float, default=0.1, help="largest KL on harmless prompts when ablated")
+    rdir.add_argument("--max-chars", type=int, default=600, help="longest prompt used (characters)")
+    rdir.add_argument("--induce-min", type=float, default=0.0, help="smallest refusal score on harmless prompts "
+                      "with the direction added")
+    rdir.add_argument("--prune-layers", type=float, default=0.2, help="fraction of the last layers left out")
+    rdir.add_argument("--export", default=None, help="also save a plain Hugging Face model folder with the "
+                      "direction folded out of the weights")
+    rdir.set_defaults(func=cmd_refusal_direction)
     ev = command("eval", "safety evaluation of a model or a training run")
     ev.add_argument("target", help="a model name or a training run folder")
     ev.add_argument("--size", default="quick", choices=["quick", "full"], help="prompts per suite")
