@@ -13,7 +13,6 @@ blocks above the mmap threshold). The median step time per setting and the ratio
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -22,8 +21,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["WORKBENCH_MALLOC"] = "default"  # this script switches the settings itself
-
-GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
 
 
 def main() -> None:
@@ -35,12 +32,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from workbench import Workbench
-    from workbench._allocator import M_MMAP_MAX, M_TRIM_THRESHOLD
+    from workbench._allocator import switch
     from workbench.data.tasks import gender_task
     from workbench.train.data import Collator, encode
     from workbench.train.loss import response_loss
 
-    libc = ctypes.CDLL("libc.so.6")
     wb = Workbench.load(system_prompt="")
     recs = gender_task("train", n=8 * args.batch, professions="extended", answer_format="pronoun")
     examples = encode(wb, recs, 128)
@@ -63,13 +59,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"glibc defaults": [], "keep_freed_memory": []}
     for i in range(args.steps):
         keep = i % 2 == 1
-        if keep:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        else:
-            libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
+        switch(keep)
         times["keep_freed_memory" if keep else "glibc defaults"].append(step(batches[i % len(batches)]))
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
     base = statistics.median(times["glibc defaults"])

@@ -8,6 +8,8 @@ against today's, on the same safety SFT examples (harmful -> refusal, benign -> 
   prefix once, logits only where a label is), same batches;
 * ``lora, workbench loss, length-grouped`` -- the same with HF's length-grouped sampler
   (``group_by_length: true`` in a recipe);
+* every configuration but the previous path runs with :func:`workbench._allocator.keep_freed_memory`'s
+  settings (freed memory stays in the heap); the previous path with glibc's defaults;
 * ``+caft`` / ``lofit_v`` -- CAFT's ablation at ``--layers`` on top of the last one, LoFIT phase v.
 
 A pass = one optimizer step (forward + backward + AdamW + zero_grad) per batch of ``--batch``
@@ -29,6 +31,7 @@ import time
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["WORKBENCH_MALLOC"] = "default"  # switched per configuration below
 
 
 def main() -> None:
@@ -49,6 +52,7 @@ def main() -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from workbench import Workbench
+    from workbench._allocator import switch
     from workbench.data import load_dataset
     from workbench.interventions import Ablate, HeadBias
     from workbench.train import coca
@@ -113,6 +117,7 @@ def main() -> None:
 
     def one_pass(name: str) -> float:
         wb, model, hooks, opt, loss_fn, plan = configs[name]
+        switch(name != base_name)  # the previous path ran on glibc's allocator defaults
         model.train()
         t0 = time.perf_counter()
         with wb.hooks(hooks) if hooks is not None else _null():

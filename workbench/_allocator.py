@@ -18,7 +18,22 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
+KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30}
 _done = False
+
+
+def switch(keep: bool) -> bool:
+    """Set the allocator to keep freed memory (``True``) or back to glibc's defaults, handing free
+    memory back to the system (``False``; what the benchmarks compare against). ``True`` if applied."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(k, v) for k, v in (KEEP if keep else GLIBC_DEFAULTS).items())
+        if not keep:
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return False
+    return bool(ok)
 
 
 def keep_freed_memory() -> bool:
@@ -28,10 +43,5 @@ def keep_freed_memory() -> bool:
         return True
     if os.environ.get("WORKBENCH_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):  # musl or another libc: nothing to tune
-        return False
-    _done = ok
-    return ok
+    _done = switch(True)
+    return _done
