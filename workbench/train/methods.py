@@ -187,7 +187,7 @@ class TrainModule(nn.Module):
     """What the HF Trainer trains: the model (``core``) plus intervention parameters (``extras``).
 
     The Trainer passes ``num_items_in_batch`` (labelled tokens of the whole step: every accumulated
-    micro-batch and, under ``accelerate launch``, every process): the loss is then the sum over this
+    micro-batch and, under ``torchrun`` / ``accelerate launch``, every process): the loss is the sum over this
     micro-batch divided by it, so several processes or accumulation steps give the same gradient as
     one batch of the global size."""
 
