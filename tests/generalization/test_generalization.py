@@ -25,7 +25,7 @@ SPEC = {
     "sae_width": 128, "sae_epochs": 1, "sae_top": 4,
     "contrast_position": "token:doctor|nurse|surgeon|mechanic|firefighter|plumber|electrician|receptionist|"
                          "secretary|nanny|hairdresser|midwife",
-    "person_pick": {"0": {"blocks.0.hook_resid_post": [1], "blocks.1.hook_resid_post": [0, 2]}},
+    "person_pick": {"0": {"blocks.1.hook_resid_post": [0, 2]}},   # a pick may leave layers out
 }
 
 
@@ -62,7 +62,7 @@ def test_artifacts(finished):
     rnd = Intervention.load(out / "train" / "0" / "caft_random" / "caft_ablation")
     assert all(q.shape[1] == k for q in rnd.Q.values())
     person = Intervention.load(out / "train" / "0" / "caft_person" / "caft_ablation")
-    assert {s: q.shape[1] for s, q in person.Q.items()} == {"blocks.0.hook_resid_post": 1, "blocks.1.hook_resid_post": 2}
+    assert {s: q.shape[1] for s, q in person.Q.items()} == {"blocks.1.hook_resid_post": 2}
     assert (out / "concepts" / "0" / "examples.html").is_file()
     # @sae_pick: an SAE per layer, latents by attribution, picked among them; ablated by caft_sae
     sae_info = json.loads((out / "concepts" / "0" / "sae_scores.json").read_text())

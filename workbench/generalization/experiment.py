@@ -171,12 +171,13 @@ def recipe_for(exp: GeneralizationExperiment, method: str, seed: int, out: Path,
            "overwrite_output_dir": True, "seed": seed, "save_steps": 10_000, "logging_steps": 5,
            **exp.recipe, **over}
     if rec.get("finetuning_type") == "caft":
-        rec.setdefault("caft_layers", list(exp.layers))
+        ref = rec.get("caft_concepts")
+        if not (isinstance(ref, str) and ref.startswith("@")):  # a found set names its own sites (a pick
+            rec.setdefault("caft_layers", list(exp.layers))     # may leave layers out)
         stats = stats_path(out, seed)
         if stats.is_file() and rec.get("cutoff_len", _default_cutoff()) == _stats_cutoff(exp) \
-                and sorted(rec["caft_layers"]) == sorted(exp.layers):
+                and set(rec.get("caft_layers") or exp.layers) <= set(exp.layers):
             rec.setdefault("caft_stats", str(stats))
-        ref = rec.get("caft_concepts")
         if isinstance(ref, str) and ref.startswith("@"):
             if ref not in concepts:
                 raise GeneralizationError(f"method {method!r}: caft_concepts {ref} is not available for seed {seed} "
