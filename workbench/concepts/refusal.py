@@ -5,7 +5,7 @@ direction"; andyrdt/refusal_direction), found and exported.
    the user's message) and every layer ``l``, ``r[i, l] = mean(harmful) - mean(harmless)`` of
    ``blocks.{l}.hook_resid_pre`` over training prompts.
 2. **Scores** of each candidate on validation prompts, with the refusal score = log-odds that the
-   first response token opens a refusal (:data:`workbench.evals.judges.REFUSAL_STARTS`):
+   first response token opens a refusal (:func:`workbench.evals.judges.refusal_log_odds`):
    * *bypass*: mean refusal score on harmful prompts with ``r`` directionally ablated everywhere
      (lower = ablating it removes more refusal);
    * *induce*: mean refusal score on harmless prompts with ``r`` added at layer ``l`` (all
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..evals.judges import refusal_log_odds, refusal_token_ids
 from ..interventions import Ablate, Steer
 
 if TYPE_CHECKING:
@@ -50,18 +51,9 @@ def directional_ablation(wb: Workbench, direction: torch.Tensor) -> Ablate:
     return Ablate({s: direction for s in ablation_sites(wb.n_layers)}, model_id=wb.model_id)
 
 
-def refusal_token_ids(tokenizer) -> list[int]:
-    """First tokens of the refusal openings the judges use (``REFUSAL_STARTS``)."""
-    from ..evals.judges import REFUSAL_STARTS
-
-    return sorted({tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in REFUSAL_STARTS})
-
-
-def refusal_scores(logits: torch.Tensor, refusal_ids: list[int], eps: float = 1e-8) -> torch.Tensor:
-    """``[n]`` log-odds ``log p - log(1 - p)``, ``p`` = next-token probability mass on ``refusal_ids``,
-    from next-token logits ``[n, vocab]``."""
-    p = logits.float().softmax(-1)[:, refusal_ids].sum(-1)
-    return torch.log(p + eps) - torch.log(1 - p + eps)
+def activation_addition(direction: torch.Tensor, layer: int, coef: float = 1.0, model_id: str | None = None) -> Steer:
+    """``coef`` x ``direction`` added to ``blocks.{layer}.hook_resid_pre`` at every position."""
+    return Steer(f"blocks.{layer}.hook_resid_pre", direction, alpha=coef, model_id=model_id)
 
 
 def _kl(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -102,16 +94,12 @@ class RefusalDirection:
     scores: list[dict] = field(default_factory=list)
     baseline: dict = field(default_factory=dict)
 
-    @property
-    def unit(self) -> torch.Tensor:
-        return self.direction / self.direction.norm()
-
     def ablation(self, wb: Workbench) -> Ablate:
         return directional_ablation(wb, self.direction)
 
     def addition(self, coef: float = 1.0) -> Steer:
-        """Activation addition of ``coef`` x the direction at its layer, every position."""
-        return Steer(f"blocks.{self.layer}.hook_resid_pre", self.direction, alpha=coef, model_id=self.model_id)
+        """:func:`activation_addition` of the direction at its layer."""
+        return activation_addition(self.direction, self.layer, coef, self.model_id)
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -161,8 +149,8 @@ def select_refusal_direction(wb: Workbench, harmful_train: list[str], harmless_t
     max_layer = int((1 - prune_layers) * wb.n_layers)
     base_harmful = wb.next_token_logits(harmful_val, batch_size=batch_size)
     base_harmless = wb.next_token_logits(harmless_val, batch_size=batch_size)
-    baseline = {"harmful": float(refusal_scores(base_harmful, ids).mean()),
-                "harmless": float(refusal_scores(base_harmless, ids).mean())}
+    baseline = {"harmful": float(refusal_log_odds(base_harmful, ids).mean()),
+                "harmless": float(refusal_log_odds(base_harmless, ids).mean())}
     rows = []
     todo = [(p, l) for p in positions for l in range(max_layer)]
     for p, l in tqdm(todo, desc="refusal direction candidates", disable=not progress):
@@ -170,10 +158,10 @@ def select_refusal_direction(wb: Workbench, harmful_train: list[str], harmless_t
         if not torch.isfinite(r).all() or r.norm() == 0:
             continue
         abl = directional_ablation(wb, r)
-        bypass = refusal_scores(wb.next_token_logits(harmful_val, hooks=abl, batch_size=batch_size), ids).mean()
+        bypass = refusal_log_odds(wb.next_token_logits(harmful_val, hooks=abl, batch_size=batch_size), ids).mean()
         kl = _kl(base_harmless, wb.next_token_logits(harmless_val, hooks=abl, batch_size=batch_size)).mean()
-        add = Steer(f"blocks.{l}.hook_resid_pre", r, model_id=wb.model_id)
-        induce = refusal_scores(wb.next_token_logits(harmless_val, hooks=add, batch_size=batch_size), ids).mean()
+        add = activation_addition(r, l, model_id=wb.model_id)
+        induce = refusal_log_odds(wb.next_token_logits(harmless_val, hooks=add, batch_size=batch_size), ids).mean()
         ok = bool(kl <= kl_max and induce > induce_min)
         rows.append({"position": p, "layer": l, "bypass": float(bypass), "induce": float(induce), "kl": float(kl),
                      "passed": ok})
