@@ -2,6 +2,7 @@
 run on the random tiny model that resumes without redoing finished steps."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def _tiny_experiment(tmp_path) -> Path:
     return path
 
 
-def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
+def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
     path, out = _tiny_experiment(tmp_path), tmp_path / "out"
     report = run_experiment(path, out=out)
     assert report == out / "report.html"
@@ -97,9 +98,10 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     # a second run finds every step done: nothing is retrained or re-evaluated
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("summary.json", "eval.json", "erasure.json", "judges.json")}
     assert len(stamps) == 4 + 4 + 4 + 1  # 4 trained recipes, 4 evaluated models, 4 erasure checks, judges
-    capsys.readouterr()
-    run_experiment(path, out=out)
-    assert "already trained" in capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workbench"):
+        run_experiment(path, out=out)
+    assert "already trained" in caplog.text
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # the same folder with other settings would mix results: refused, nothing touched
     data = yaml.safe_load(path.read_text())

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._log import get_logger
 from .models import DEFAULT_MODEL
 from .sites import expand_sites
+
+log = get_logger(__name__)
 
 BASELINE = "baseline"
 SUMMARY_ROWS = [("id_harmful", "refusal rate (ID harmful)"), ("ood_template", "attack success: templates"),
@@ -94,7 +97,9 @@ class Experiment:
 
 
 def _norm(path: str | Path) -> str:
-    return Path(path).as_posix().removeprefix("./").rstrip("/")
+    from .train.methods import Rewiring
+
+    return Rewiring.key(path)
 
 
 def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
@@ -102,7 +107,8 @@ def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
 
     A recipe shared by several methods (LoFIT's head selection) runs once. ``warm_start_from`` and a
     phase v ``lofit_heads_path`` must point at the run of a recipe listed before it."""
-    from .train import load_recipe
+    from .train import RecipeError, load_recipe
+    from .train.methods import Rewiring, method_class
 
     plan, moved, method_runs = {}, {}, {}
     for method, paths in exp.methods.items():
@@ -115,23 +121,17 @@ def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
                 name = "/".join(Path(key).with_suffix("").parts[-2:])
                 new_dir = out / "train" / name
                 changes = {"output_dir": str(new_dir), "model_name_or_path": exp.model, **exp.train_overrides}
-                if recipe.finetuning_type == "lofit":
-                    heads = recipe.lofit_heads_path or str(Path(recipe.output_dir) / "heads.json")
-                    if recipe.lofit_component == "A":
-                        moved[_norm(heads)] = str(new_dir / "heads.json")
-                    elif _norm(heads) not in moved:
-                        raise ExperimentError(f"{path}: lofit_heads_path {heads} is written by no recipe listed "
-                                              f"before it in method {method!r}; list the phase A recipe first")
-                    changes["lofit_heads_path"] = moved[_norm(heads)]
+                rewiring = Rewiring(new_dir, str(path), method, moved, out / "concepts" / "harmful.safetensors",
+                                    list(exp.concept_layers))
+                try:
+                    changes.update(method_class(recipe).rewire(recipe, rewiring))
+                except RecipeError as err:
+                    raise ExperimentError(str(err)) from None
                 if recipe.warm_start_from:
                     if _norm(recipe.warm_start_from) not in moved:
                         raise ExperimentError(f"{path}: warm_start_from {recipe.warm_start_from} is the run of no "
                                               f"recipe listed before it in method {method!r}")
                     changes["warm_start_from"] = moved[_norm(recipe.warm_start_from)]
-                if recipe.finetuning_type == "caft" and recipe.caft_concepts is None \
-                        and recipe.caft_directions == "diffmeans":
-                    changes["caft_concepts"] = str(out / "concepts" / "harmful.safetensors")
-                    changes["caft_layers"] = recipe.caft_layers or exp.concept_layers
                 plan[key] = recipe.replace(**changes)
                 moved[_norm(recipe.output_dir)] = str(new_dir)
             method_runs[method] = plan[key].output_dir
@@ -306,27 +306,27 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
     (out / "experiment.json").write_text(json.dumps({"source": str(path), **settings}, indent=1))
     t0 = time.perf_counter()
     wb = Workbench.load(exp.model)
-    print(f"[experiment] {wb}; steps 1-3: activations, probe sweep, concepts")
+    log.info(f"[experiment] {wb}; steps 1-3: activations, probe sweep, concepts")
     table = cache_and_probe(exp, wb, out)
     best = table.sort_values("accuracy", ascending=False).groupby("kind").head(1)
     for _, row in best.iterrows():
-        print(f"[experiment]   best {row['kind']} probe: {row['site']} accuracy {row['accuracy']:.3f}")
+        log.info(f"[experiment]   best {row['kind']} probe: {row['site']} accuracy {row['accuracy']:.3f}")
     del wb
 
     for key, recipe in plan.items():
         if (Path(recipe.output_dir) / "summary.json").is_file():
-            print(f"[experiment] step 4: {key} already trained in {recipe.output_dir}")
+            log.info(f"[experiment] step 4: {key} already trained in {recipe.output_dir}")
             continue
         from transformers.trainer_utils import get_last_checkpoint
 
         run_dir = Path(recipe.output_dir)
         resume = run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
-        print(f"[experiment] step 4: train {key} -> {run_dir}{' (resuming)' if resume else ''}")
+        log.info(f"[experiment] step 4: train {key} -> {run_dir}{' (resuming)' if resume else ''}")
         train(recipe.replace(overwrite_output_dir=True, resume_from_checkpoint=True if resume else None))
 
     results, train_info = {}, {}
     for name, run_dir in [(BASELINE, None), *method_runs.items()]:
-        print(f"[experiment] steps 5-6: evaluate {name}")
+        log.info(f"[experiment] steps 5-6: evaluate {name}")
         results[name] = evaluate_run(exp, name, run_dir, out)
         if run_dir:
             train_info[name] = json.loads((Path(run_dir) / "summary.json").read_text())
@@ -352,6 +352,6 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
                        for r in results.values()]]
                     for i, row in enumerate(next(iter(results.values()))["erasure"])]
     report = write_report(results, out, extra_rows=erasure_rows)
-    print(table_md)
-    print(f"[experiment] done in {time.perf_counter() - t0:.0f}s; report: {report}")
+    log.info(table_md)
+    log.info(f"[experiment] done in {time.perf_counter() - t0:.0f}s; report: {report}")
     return report

@@ -150,6 +150,14 @@ SITE_GROUPS = {
 }
 
 
+def site_name(layer: int, kind: str = "resid_post") -> str:
+    """The hook name of ``kind`` (a :data:`SITE_GROUPS` key) at ``layer``: ``site_name(3)`` is
+    ``"blocks.3.hook_resid_post"``."""
+    if kind not in SITE_GROUPS:
+        raise ValueError(f"unknown site kind {kind!r}; known: {', '.join(SITE_GROUPS)}")
+    return SITE_GROUPS[kind].format(l=layer)
+
+
 def expand_sites(spec: str, n_layers: int) -> list[str]:
     """``"resid_post,z"`` -> every layer's sites of those kinds; full site names pass through."""
     out: list[str] = []

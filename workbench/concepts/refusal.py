@@ -193,13 +193,14 @@ def export_ablated(wb: Workbench, direction: torch.Tensor, folder: str | Path) -
     decoders (``model.layers[i].self_attn.o_proj`` / ``mlp.down_proj``)."""
     from transformers import AutoModelForCausalLM
 
-    from ..train.methods import _trainable_full, strip_bridge
+    from ..train.methods.base import strip_bridge
+    from ..train.methods.full import trainable_full
 
     r = torch.as_tensor(direction).detach().float().reshape(-1).cpu()
     if r.shape[0] != wb.d_model:
         raise ValueError(f"direction has width {r.shape[0]}, the model's residual stream {wb.d_model}")
     r = r / r.norm()
-    state = {strip_bridge(n): p.detach().cpu() for n, p in wb.model.named_parameters() if _trainable_full(n)}
+    state = {strip_bridge(n): p.detach().cpu() for n, p in wb.model.named_parameters() if trainable_full(n)}
     embed_key = next((k for k in state if k.endswith("embed_tokens.weight")), None)
     if embed_key is None:
         raise ValueError("export_ablated supports Llama-style decoders (no embed_tokens.weight found)")

@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._log import get_logger
 from ..models import DEFAULT_MODEL
+
+log = get_logger(__name__)
 
 REFS = ("@probe_pick", "@person_pick", "@top_pcs", "@random", "@contrast", "@sae_pick")
 PLAIN = "plain"
@@ -165,12 +168,14 @@ def _load(exp: GeneralizationExperiment):
 # ---------------------------------------------------------------------- steps
 def recipe_for(exp: GeneralizationExperiment, method: str, seed: int, out: Path, concepts: dict[str, Path],
                k: int) -> dict:
+    from ..train.methods import method_class
+
     over = dict(exp.methods[method])
     rec = {"model_name_or_path": exp.model, "system_prompt": exp.system_prompt, "dataset_split": None,
            "dataset": str(out / "data" / f"train_{seed}.jsonl"), "output_dir": str(out / "train" / str(seed) / method),
            "overwrite_output_dir": True, "seed": seed, "save_steps": 10_000, "logging_steps": 5,
            **exp.recipe, **over}
-    if rec.get("finetuning_type") == "caft":
+    if method_class(rec).takes_concepts:
         ref = rec.get("caft_concepts")
         if not (isinstance(ref, str) and ref.startswith("@")):  # a found set names its own sites (a pick
             rec.setdefault("caft_layers", list(exp.layers))     # may leave layers out)
@@ -212,7 +217,7 @@ def train_method(exp, method: str, seed: int, out: Path, concepts: dict[str, Pat
     run = Path(rec["output_dir"])
     if (run / "summary.json").is_file():
         return run
-    print(f"[experiment] seed {seed}: training {method}", flush=True)
+    log.info(f"[experiment] seed {seed}: training {method}")
     train(rec, progress=False)
     return run
 
@@ -232,7 +237,7 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
     probe pick's mean count per layer, or the number of contrast positions, whichever is larger."""
     from ..concepts import ConceptSet, pca_diff, random_directions
     from ..train import apply_run
-    from ..train.caft import save_token_statistics
+    from ..train.methods.caft import save_token_statistics
     from .selection import attribute_scores, probe_pick
 
     folder = out / "concepts" / str(seed)
@@ -423,14 +428,14 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
                                                                  "sae_pick")}
         for method, over in exp.methods.items():
             if over.get("caft_concepts") == "@person_pick" and "@person_pick" not in concepts:
-                print(f"[experiment] seed {seed}: {method} skipped (no person_pick for this seed; pick "
-                      f"components from {out}/concepts/{seed}/examples.html)", flush=True)
+                log.info(f"[experiment] seed {seed}: {method} skipped (no person_pick for this seed; pick "
+                         f"components from {out}/concepts/{seed}/examples.html)")
                 continue
             run = train_method(exp, method, seed, out, concepts, k)
             seed_res[method] = evaluate_run(exp, run, splits, out / "eval" / str(seed) / f"{method}.json", leak)
             seed_res[method]["summary"] = json.loads((run / "summary.json").read_text())
-            print(f"[experiment] seed {seed} {method}: " + ", ".join(
-                f"{s} {m['accuracy']:.3f}" for s, m in seed_res[method]["metrics"].items()), flush=True)
+            log.info(f"[experiment] seed {seed} {method}: " + ", ".join(
+                f"{s} {m['accuracy']:.3f}" for s, m in seed_res[method]["metrics"].items()))
         results["seeds"][str(seed)] = seed_res
     results["wall_s"] = round(time.time() - t0, 1)
     return write_reports(results, out)

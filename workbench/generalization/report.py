@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._log import get_logger
 from ..stats import mark_significant, mcnemar_exact, wilson_interval
+
+log = get_logger(__name__)
 
 SPLITS = (("id_test", "ID"), ("ood_test", "OOD"))
 COLORS = ("#1f77b4", "#d62728")  # per split, in both figures
@@ -217,5 +220,5 @@ def write_reports(results: dict, out: Path) -> Path:
     (out / "report.html").write_text("<html><head><meta charset='utf-8'><title>generalization report</title></head>"
                                      f"<body style='font-family:sans-serif'>{body}{table}</body></html>")
     (out / "figure.svg").write_text(figure_svg(summary, f"{results['settings']['task']}: ID vs OOD accuracy"))
-    print(md)
+    log.info(md)
     return out / "report.html"

@@ -4,20 +4,23 @@ YAML recipes.
 >>> from workbench.train import run_recipe
 >>> run_dir = run_recipe("examples/caft/diffmeans.yaml")
 
-See :mod:`workbench.train.trainer` for the run folder, :mod:`workbench.train.recipe` for the keys,
-:mod:`workbench.train.lofit`, :mod:`workbench.train.caft` and :mod:`workbench.train.coca` for the
-methods.
+Read top-down: :mod:`~workbench.train.recipe` (the keys) -> :mod:`~workbench.train.data` (records
+to tokens) -> :mod:`~workbench.train.methods` (one class per ``finetuning_type``: ``lora``,
+``full``, ``lofit``, ``caft``) -> :mod:`~workbench.train.trainer` (the HF Trainer loop) ->
+:mod:`~workbench.train.run_folder` (what a run writes). :mod:`~workbench.train.coca` builds COCA's
+data.
 """
 
 from . import coca
-from .caft import diffmeans_directions, load_concepts, pca_directions, random_directions, save_concepts
-from .lofit import load_heads_file, save_heads_file
-from .methods import count_parameters, load_adapter, save_adapter
-from .recipe import Recipe, RecipeError, load_recipe
-from .trainer import RunFolderError, TrainResult, apply_run, read_metrics, read_run_config, run_recipe, train
+from .errors import RecipeError, RunFolderError
+from .methods import apply_run, caft, count_parameters, load_adapter, load_heads_file, lofit, save_adapter, save_heads_file
+from .methods.caft import diffmeans_directions, load_concepts, pca_directions, random_directions, save_concepts
+from .recipe import Recipe, load_recipe
+from .run_folder import RunFolder, read_metrics, read_run_config
+from .trainer import TrainResult, run_recipe, train
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "run_recipe", "train", "TrainResult", "apply_run",
-           "read_metrics", "read_run_config", "RunFolderError", "coca", "load_heads_file", "save_heads_file",
-           "load_adapter", "save_adapter",
+           "RunFolder", "read_metrics", "read_run_config", "RunFolderError", "coca", "caft", "lofit",
+           "load_heads_file", "save_heads_file", "load_adapter", "save_adapter",
            "count_parameters", "diffmeans_directions", "random_directions", "pca_directions",
            "load_concepts", "save_concepts"]

@@ -31,3 +31,24 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if num_items is None:
         return F.cross_entropy(logits, targets[sel])
     return F.cross_entropy(logits, targets[sel], reduction="sum") / torch.as_tensor(num_items).to(logits.device)
+
+
+class TrainModule(nn.Module):
+    """What the HF Trainer trains: the model (``core``) plus intervention parameters (``extras``).
+
+    The Trainer passes ``num_items_in_batch`` (labelled tokens of the whole step: every accumulated
+    micro-batch and, under ``torchrun`` / ``accelerate launch``, every process): the loss is the sum over this
+    micro-batch divided by it, so several processes or accumulation steps give the same gradient as
+    one batch of the global size."""
+
+    accepts_loss_kwargs = True
+
+    def __init__(self, core: nn.Module, extras: nn.Module | None = None):
+        super().__init__()
+        self.core = core
+        self.extras = extras if extras is not None else nn.Module()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, num_items_in_batch=None, **_):
+        if labels is None:
+            return self.core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return {"loss": response_loss(self.core, input_ids, attention_mask, labels, num_items=num_items_in_batch)}

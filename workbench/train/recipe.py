@@ -25,19 +25,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..models import DEFAULT_MODEL
+from . import methods
+from .errors import RecipeError
+from .methods.lora import LORA_MODULES
 
-FINETUNING_TYPES = ("lora", "full", "lofit", "caft")
-LOFIT_COMPONENTS = ("A", "v")
-CAFT_DIRECTIONS = ("diffmeans", "random", "pca", "pca_diff")
-CAFT_BASES = ("lora", "full")
-CAFT_MODES = ("ablate", "steer")
 COCA_VARIANTS = ("normal", "normal_warm", "think", "think_warm")
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-
-
-class RecipeError(ValueError):
-    """A recipe with an unknown key, a wrong-typed value or an inconsistent combination."""
 
 
 @dataclass
@@ -153,12 +146,8 @@ class Recipe:
         need(bool(self.output_dir), "output_dir is required (the run folder)")
         need(bool(self.dataset.strip()), "dataset is required (registry names or .jsonl files, comma-separated)")
         _choice("stage", self.stage, ("sft",), source)
-        _choice("finetuning_type", self.finetuning_type, FINETUNING_TYPES, source)
+        _choice("finetuning_type", self.finetuning_type, list(methods.METHODS), source)
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS, source)
-        _choice("caft_directions", self.caft_directions, CAFT_DIRECTIONS, source)
-        _choice("caft_ablation", self.caft_ablation, ("zero", "mean"), source)
-        _choice("caft_base", self.caft_base, CAFT_BASES, source)
-        _choice("caft_mode", self.caft_mode, CAFT_MODES, source)
         if self.dataset_split is not None:
             _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
         if self.coca_variant is not None:
@@ -174,41 +163,7 @@ class Recipe:
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")
         need(self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 or -1, got {self.max_steps}")
-        if self.finetuning_type == "lora" or (self.finetuning_type == "caft" and self.caft_base == "lora"):
-            targets = self.lora_targets()
-            bad = [t for t in targets if t not in LORA_MODULES]
-            need(not bad, f"lora_target: unknown module(s) {bad}; use 'all' or names from {LORA_MODULES}")
-        if self.finetuning_type == "lofit":
-            need(self.lofit_component is not None, "finetuning_type 'lofit' needs lofit_component: A "
-                 "(phase A, select heads) or v (phase v, bias tuning on the selected heads)")
-            _choice("lofit_component", self.lofit_component, LOFIT_COMPONENTS, source)
-            if self.lofit_component == "v":
-                need(self.lofit_heads_path is not None or self.warm_start_from is not None,
-                     "lofit_component 'v' needs lofit_heads_path: the heads file a phase-A run "
-                     "(lofit_component: A) wrote")
-        else:
-            need(self.lofit_component is None,
-                 f"lofit_component is set but finetuning_type is {self.finetuning_type!r}, not 'lofit'")
-        if self.finetuning_type == "caft":
-            need(bool(self.caft_layers) or self.caft_concepts is not None,
-                 "finetuning_type 'caft' needs caft_layers (ablate at blocks.{l}.hook_resid_post) "
-                 "or caft_concepts")
-            if self.caft_n_directions is not None:
-                need(self.caft_n_directions > 0, "caft_n_directions must be > 0")
-                need(self.caft_directions != "diffmeans" or self.caft_n_directions == 1 or self.caft_concepts,
-                     "caft_directions 'diffmeans' gives one direction per layer; set caft_n_directions: 1 "
-                     "or use random / pca")
-            need(self.caft_directions != "pca_diff" or self.caft_concepts is not None
-                 or self.caft_reference_run is not None,
-                 "caft_directions 'pca_diff' needs caft_reference_run: the fine-tuned run folder whose "
-                 "activations minus the base model's give the directions")
-            need(self.caft_contrast is None or len(self.caft_contrast.split(",")) == 2,
-                 "caft_contrast names two prompt sets, 'A,B' (registry names or .jsonl files)")
-            need(self.caft_steer_coef > 0, "caft_steer_coef must be > 0")
-        else:
-            for key in ("caft_concepts", "caft_layers"):
-                need(getattr(self, key) is None,
-                     f"{key} is set but finetuning_type is {self.finetuning_type!r}, not 'caft'")
+        methods.validate(self, need)  # the method's own keys (workbench.train.methods)
         if self.coca_variant and self.coca_variant.endswith("_warm"):
             need(self.warm_start_from is not None,
                  f"coca_variant {self.coca_variant!r} is a warm start: set warm_start_from to the run folder "
@@ -308,6 +263,4 @@ def _convert(value, tp) -> tuple[bool, Any]:
     return isinstance(value, tp), value
 
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "FINETUNING_TYPES", "LOFIT_COMPONENTS", "CAFT_DIRECTIONS",
-           "CAFT_BASES", "CAFT_MODES",
-           "COCA_VARIANTS", "LORA_MODULES"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "COCA_VARIANTS", "LORA_MODULES"]

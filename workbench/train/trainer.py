@@ -1,11 +1,8 @@
 """The one training path: chat-formatted SFT on Hugging Face ``Trainer``.
 
-Loss on response tokens only (labels ``-100`` elsewhere, right padding). ``finetuning_type``:
-
-* ``lora``  peft LoRA on the attention / MLP projections;
-* ``full``  every weight;
-* ``lofit`` per-head ``HeadScale`` (phase A) or ``HeadBias`` (phase v) on ``attn.hook_z``, model frozen;
-* ``caft``  LoRA with ``Ablate`` on ``blocks.{l}.hook_resid_post`` during training only.
+Loss on response tokens only (labels ``-100`` elsewhere, right padding). What is trained, which
+hooks are active and what a checkpoint holds is the method's (:mod:`workbench.train.methods`, one
+class per ``finetuning_type``); the run folder is :class:`~workbench.train.run_folder.RunFolder`.
 
 Interventions are installed with ``with wb.hooks(...)`` around ``trainer.train()`` (the TransformerLens
 backend fires them on every call of the model) and removed on any exit. Because the model is the
@@ -13,13 +10,12 @@ Trainer's, ``accelerate launch`` / ``torchrun`` run the same code on several GPU
 --nproc_per_node N`` on several CPU processes (gloo; ``tests/train/test_distributed.py`` checks that
 two processes train the same weights as one with the same global batch).
 
-A run folder holds ``config.json`` (recipe, model, data hash, trainable parameter counts, versions),
-``data.jsonl`` (the records trained on), ``metrics.jsonl`` (one line per logged step),
-``loss_curve.svg``, ``summary.json``, ``checkpoint-N/`` folders every ``save_steps`` (resumable:
-trainable state as safetensors + the Trainer's optimizer / scheduler / RNG state; none after the
-last step unless it falls on ``save_steps``) and the final artifacts: ``adapter/``
-(portable peft LoRA), ``model/`` (full weights), ``head_scale/`` + ``heads.json`` (LoFIT phase A),
-``head_bias/`` (LoFIT phase v), ``caft_ablation/`` (the directions CAFT ablated).
+A run folder holds ``config.json``, ``data.jsonl``, ``metrics.jsonl``, ``loss_curve.svg``,
+``summary.json``, ``checkpoint-N/`` folders every ``save_steps`` (resumable: trainable state as
+safetensors + the Trainer's optimizer / scheduler / RNG state; none after the last step unless it
+falls on ``save_steps``) and the final artifacts: ``adapter/`` (portable peft LoRA), ``model/``
+(full weights), ``head_scale/`` + ``heads.json`` (LoFIT phase A), ``head_bias/`` (LoFIT phase v),
+``caft_ablation/`` (the directions CAFT ablated).
 
 >>> from workbench.train import run_recipe, apply_run
 >>> run = run_recipe("examples/lofit/head.yaml")
@@ -29,7 +25,6 @@ last step unless it falls on ``save_steps``) and the final artifacts: ``adapter/
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import shutil
@@ -42,14 +37,16 @@ from pathlib import Path
 
 import torch
 
-from ..interventions import Compose, HeadBias, Intervention
+from .._log import get_logger
+from ..interventions import Compose
 from . import data as sft_data
-from .methods import ADAPTER_DIR, MODEL_DIR, Method, TrainModule, count_parameters, load_adapter, load_full_weights, make_method
-from .recipe import Recipe, RecipeError, load_recipe
+from .errors import RecipeError
+from .loss import TrainModule
+from .methods import Method, count_parameters, make_method
+from .recipe import Recipe, load_recipe
+from .run_folder import CONFIG_FILE, DATA_FILE, RunFolder, read_metrics
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
+log = get_logger(__name__)
 
 
 @dataclass
@@ -115,16 +112,14 @@ def _trainer_classes():
     class MetricsCallback(TrainerCallback):
         """Append every training log with a loss to ``metrics.jsonl``; keep the end-of-run stats."""
 
-        def __init__(self, path: Path):
-            self.path, self.final = path, {}
+        def __init__(self, run: RunFolder):
+            self.run, self.final = run, {}
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
             if "loss" in logs:
-                row = {"step": state.global_step, **{k: _num(v) for k, v in logs.items()}}
-                with self.path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                self.run.append_metrics({"step": state.global_step, **{k: _num(v) for k, v in logs.items()}})
             elif "train_runtime" in logs:
                 self.final = {k: _num(v) for k, v in logs.items()}
 
@@ -193,15 +188,6 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> str | None:
     return None
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint (the interrupted run's tail)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
 def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> TrainResult:
     """Run one recipe (a YAML path, dict or :class:`Recipe`) and return a :class:`TrainResult`.
 
@@ -235,7 +221,7 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
     records = sft_data.build_records(recipe)
     examples = sft_data.encode(wb, records, recipe.cutoff_len)
     method = make_method(wb, recipe, records)
-    if recipe.finetuning_type != "lofit":  # LoFIT leaves the weights alone (its interventions are hooks)
+    if method.changes_weights:  # LoFIT leaves the weights alone (its interventions are hooks)
         wb.trained_by = run_dir
     try:
         return _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, progress)
@@ -259,23 +245,24 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
     n_trainable, n_total = count_parameters(module)
     if n_trainable == 0:
         raise RecipeError("nothing to train: no parameter requires grad")
-    print(f"[workbench.train] {recipe.finetuning_type}"
-          f"{'/' + recipe.lofit_component if recipe.lofit_component else ''}: trainable parameters "
-          f"{n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.4f}%); {len(examples)} examples")
+    log.info("%s%s: trainable parameters %s of %s (%.4f%%); %d examples", recipe.finetuning_type,
+             "/" + recipe.lofit_component if recipe.lofit_component else "", f"{n_trainable:,}", f"{n_total:,}",
+             100 * n_trainable / n_total, len(examples))
 
+    run = RunFolder(run_dir)
     if resume is None and _is_main():
-        config = {"workbench_run": 1, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        config = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
                   "model_id": wb.model_id, "recipe": recipe.to_dict(), "method": method.info,
                   "n_trainable": n_trainable, "n_total": n_total, "n_records": len(records),
                   "n_examples": len(examples), "data_hash": sft_data.records_hash(records),
                   "hooks_during_training": repr(hooks) if hooks is not None else None,
                   "versions": _versions()}
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+        run.write_config(config)
         from .coca import write_jsonl
 
-        write_jsonl(records, run_dir / "data.jsonl")
+        write_jsonl(records, run / DATA_FILE)
     elif resume is not None and _is_main():
-        _truncate_metrics(run_dir / METRICS_FILE, int(Path(resume).name.rsplit("-", 1)[-1]))
+        run.truncate_metrics(int(Path(resume).name.rsplit("-", 1)[-1]))
 
     args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=recipe.per_device_train_batch_size,
@@ -291,7 +278,7 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
         use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if _cpu_processes() > 1 else None,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random")
     WorkbenchTrainer, MetricsCallback, NoFinalCheckpoint = _trainer_classes()
-    metrics_cb = MetricsCallback(run_dir / METRICS_FILE)
+    metrics_cb = MetricsCallback(run)
     trainer = WorkbenchTrainer(model=module, args=args, train_dataset=sft_data.SFTDataset(examples),
                                data_collator=sft_data.Collator(wb.tokenizer.pad_token_id),
                                callbacks=[metrics_cb, NoFinalCheckpoint(), *callbacks], method=method)
@@ -316,7 +303,7 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
                "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "wall_s": round(elapsed, 2),
                "resumed_from": resume, **metrics_cb.final, **extra}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    run.write_summary(summary)
     if recipe.plot_loss and losses:
         write_loss_svg(metrics, run_dir / "loss_curve.svg", title=f"{recipe.finetuning_type}: {run_dir.name}")
     return TrainResult(run_dir=run_dir, wb=wb, method=method,
@@ -327,64 +314,6 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
 def run_recipe(recipe, wb=None) -> Path:
     """Train from a recipe (YAML path or dict); return the run folder. ``workbench train`` calls this."""
     return train(recipe, wb=wb).run_dir
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class RunFolderError(ValueError):
-    """A training run folder that is missing, unfinished or corrupt."""
-
-
-def read_run_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run folder, with a clear error if it is missing or corrupt."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a training run folder (no {CONFIG_FILE})")
-    from .._files import parse_file
-
-    cfg = parse_file(path, RunFolderError)
-    if not isinstance(cfg, dict) or "recipe" not in cfg or "model_id" not in cfg:
-        raise RunFolderError(f"{path} is not a workbench run config (no recipe / model_id)")
-    return cfg
-
-
-def apply_run(run_dir: str | Path, wb) -> Compose:
-    """Make ``wb`` the model a finished run produced: LoRA adapters (lora, caft) and full weights are
-    loaded into ``wb.model`` in place; the returned interventions (LoFIT phase v's head biases) must
-    be installed at inference: ``with wb.hooks(apply_run(run, wb)): ...``. CAFT's ablation is not
-    returned (the deployed model runs without it); LoFIT phase A's scales only select heads."""
-    import warnings
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    if cfg.get("model_id") != wb.model_id:
-        warnings.warn(f"run {run_dir} trained {cfg.get('model_id')!r}; applying it to {wb.model_id!r}", stacklevel=2)
-    ft = cfg["recipe"]["finetuning_type"]
-    if ft == "caft":  # CAFT's trained state is its base method's (LoRA adapter or full weights)
-        ft = cfg["recipe"].get("caft_base", "lora")
-    lofit_v = ft == "lofit" and cfg["recipe"].get("lofit_component") == "v"
-    from .lofit import BIAS_DIR
-
-    needed = {"lora": ADAPTER_DIR, "full": MODEL_DIR}.get(ft) or (BIAS_DIR if lofit_v else None)
-    if needed and not (run_dir / needed).is_dir():
-        raise RunFolderError(f"run {run_dir} has no {needed}/ folder: the run did not finish (resume it with "
-                             f"resume_from_checkpoint: true) or the folder is incomplete")
-    items: list[Intervention] = []
-    if ft == "lora":
-        load_adapter(wb, run_dir / ADAPTER_DIR)
-    elif ft == "full":
-        load_full_weights(wb, run_dir / MODEL_DIR)
-    elif lofit_v:
-        bias = HeadBias.load(run_dir / BIAS_DIR)
-        bias.check(wb)
-        items.append(bias)
-    wb.model.eval()
-    return Compose(*items)
 
 
 def write_loss_svg(metrics: list[dict], path: str | Path, title: str = "loss") -> Path:

@@ -28,24 +28,39 @@ ablation acts on, or given as ``caft_mean``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..interventions import Ablate, Compose, Intervention, Steer
-from .methods import FullMethod, LoraMethod
+from ...interventions import Ablate, Compose, Intervention, Steer
+from ...sites import site_name
+from .base import Method, Need, RecipeLike, Rewiring, recipe_get
+from .full import FullMethod
+from .lora import LoraMethod
 
-SITE = "blocks.{l}.hook_resid_post"
+if TYPE_CHECKING:
+    from ...data import Record
+    from ...model import Workbench
+    from ..recipe import Recipe
+
+DIRECTIONS = ("diffmeans", "random", "pca", "pca_diff")
+BASES = ("lora", "full")
+MODES = ("ablate", "steer")
+ABLATIONS = ("zero", "mean")
+
 ABLATION_DIR = "caft_ablation"
 STEER_DIR = "caft_steer"
 MAX_RECORDS = 64
 
 
-def caft_sites(layers) -> list[str]:
-    return [SITE.format(l=l) for l in layers]
+def caft_sites(layers: Sequence[int]) -> list[str]:
+    """The residual-stream sites CAFT acts on at ``layers``."""
+    return [site_name(l) for l in layers]
 
 
-def _examples(records, max_records: int = MAX_RECORDS, max_chars: int = 512):
+def _examples(records: Sequence[Record], max_records: int = MAX_RECORDS, max_chars: int = 512):
     recs = [r for r in records if r.response][:max_records]
     if not recs:
         raise ValueError("no training record has a response")
@@ -53,14 +68,14 @@ def _examples(records, max_records: int = MAX_RECORDS, max_chars: int = 512):
 
 
 def _read_prompts(name: str):
-    from ..data import load_dataset
-    from .coca import read_jsonl
+    from ...data import load_dataset
+    from ..coca import read_jsonl
 
     path = Path(name).expanduser()
     return [r.prompt for r in (read_jsonl(path) if path.is_file() else load_dataset(name, split="train"))]
 
 
-def diffmeans_directions(wb, records, layers, position: str = "post_instruction_mean",
+def diffmeans_directions(wb: Workbench, records: Sequence[Record], layers: Sequence[int], position: str = "post_instruction_mean",
                          contrast: str | None = None, max_per_class: int = MAX_RECORDS) -> dict:
     """``{site: [1, d]}``: mean(A) - mean(B) at ``position``; A, B = ``contrast`` ("A,B") or the
     harmful / benign training prompts."""
@@ -73,7 +88,7 @@ def diffmeans_directions(wb, records, layers, position: str = "post_instruction_
     if not a_prompts or not b_prompts:
         raise ValueError(f"caft_directions 'diffmeans' needs two non-empty prompt sets (got {len(a_prompts)} and "
                          f"{len(b_prompts)}); give caft_contrast: A,B or caft_concepts")
-    from ..concepts import diff_means_between
+    from ...concepts import diff_means_between
 
     sites = caft_sites(layers)
     pos = "last" if position in ("response", "all") else position  # prompts alone have no response
@@ -83,19 +98,21 @@ def diffmeans_directions(wb, records, layers, position: str = "post_instruction_
     return {s: cs.directions(s) for s in sites}
 
 
-def random_directions(wb, layers, k: int, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {s: torch.randn(k, wb.d_model, generator=gen) for s in caft_sites(layers)}
+def random_directions(wb: Workbench, layers: Sequence[int], k: int, seed: int) -> dict:
+    """``{site: [k, d]}``: :func:`workbench.concepts.random_directions` at each layer (seed + layer)."""
+    from ...concepts import random_directions as random_set
+
+    return {s: random_set(s, wb.d_model, k, seed=seed + l).directions(s) for l, s in zip(layers, caft_sites(layers))}
 
 
-def token_activations(wb, records, sites, position: str = "all", max_records: int = MAX_RECORDS,
+def token_activations(wb: Workbench, records: Sequence[Record], sites: list[str], position: str = "all", max_records: int = MAX_RECORDS,
                       max_chars: int = 512) -> dict:
     """Activations ``[rows, d]`` of the training examples (prompt + response) at ``position``."""
     prompts, responses = _examples(records, max_records, max_chars)
     return wb.capture(prompts, sites, position=position, batch_size=8, responses=responses, progress=False)
 
 
-def _stats_key(wb, records, max_chars: int) -> str:
+def _stats_key(wb: Workbench, records: Sequence[Record], max_chars: int) -> str:
     """What the statistics depend on: model, system prompt and the examples read."""
     import hashlib
     import json
@@ -105,7 +122,8 @@ def _stats_key(wb, records, max_chars: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def token_statistics(wb, records, sites, max_chars: int = 512) -> dict[str, dict[str, torch.Tensor]]:
+def token_statistics(wb: Workbench, records: Sequence[Record], sites: list[str],
+                     max_chars: int = 512) -> dict[str, dict[str, torch.Tensor]]:
     """The base model's statistics at every position of the training examples (the positions
     CAFT acts on): ``{"mean": {site: [d]}, "norm": {site: []}}`` (mean activation, mean L2 norm)."""
     acts = token_activations(wb, records, sites, "all", max_chars=max_chars)
@@ -113,7 +131,7 @@ def token_statistics(wb, records, sites, max_chars: int = 512) -> dict[str, dict
             "norm": {s: acts[s].norm(dim=-1).mean() for s in sites}}
 
 
-def save_token_statistics(wb, records, sites, path: str | Path, max_chars: int = 512) -> Path:
+def save_token_statistics(wb: Workbench, records: Sequence[Record], sites: list[str], path: str | Path, max_chars: int = 512) -> Path:
     """:func:`token_statistics` as safetensors (``mean/{site}``, ``norm/{site}``), tagged with the
     model and examples they came from: recipes with the same model and data pass it as
     ``caft_stats`` and skip the capture (an experiment's CAFT runs share one)."""
@@ -129,7 +147,7 @@ def save_token_statistics(wb, records, sites, path: str | Path, max_chars: int =
     return path
 
 
-def load_token_statistics(path: str | Path, wb, records, sites, max_chars: int = 512) -> dict:
+def load_token_statistics(path: str | Path, wb: Workbench, records: Sequence[Record], sites: list[str], max_chars: int = 512) -> dict:
     """Read a :func:`save_token_statistics` file, checking it was made from this model and data."""
     from safetensors import safe_open
 
@@ -150,21 +168,22 @@ def load_token_statistics(path: str | Path, wb, records, sites, max_chars: int =
     return {"mean": {s: raw[f"mean/{s}"].float() for s in sites}, "norm": {s: raw[f"norm/{s}"] for s in sites}}
 
 
-def pca_directions(wb, records, layers, k: int, position: str = "response", max_chars: int = 512) -> dict:
+def pca_directions(wb: Workbench, records: Sequence[Record], layers: Sequence[int], k: int, position: str = "response",
+                   max_chars: int = 512) -> dict:
     """Top-``k`` principal components of the base model's activations (the "top PCs" baseline)."""
-    from ..concepts.pca import principal_components
+    from ...concepts.pca import principal_components
 
     acts = token_activations(wb, records, caft_sites(layers), position, max_chars=max_chars)
     return {s: principal_components(acts[s], k)[0] for s in caft_sites(layers)}
 
 
-def pca_diff_directions(wb, records, layers, k: int, reference_run: str, position: str = "all",
+def pca_diff_directions(wb: Workbench, records: Sequence[Record], layers: Sequence[int], k: int, reference_run: str, position: str = "all",
                         max_chars: int = 512) -> dict:
     """CAFT's directions: top-``k`` components of (fine-tuned - base) activations on the training
     examples; the fine-tuned model is ``reference_run`` applied to a fresh copy of the base."""
-    from ..concepts import pca_diff
-    from ..model import Workbench
-    from .trainer import apply_run
+    from ...concepts import pca_diff
+    from ...model import Workbench
+    from . import apply_run
 
     ft = Workbench.load(wb.model_id, system_prompt=wb.chat.system_prompt)
     deployed = apply_run(reference_run, ft)
@@ -230,7 +249,7 @@ def load_means(path: str | Path, sites: list[str]) -> dict:
 
 def _concept_set(path: Path):
     """A ConceptSet from ``path`` if the file is one, else None."""
-    from ..concepts import ConceptSet
+    from ...concepts import ConceptSet
 
     try:
         return ConceptSet.load(path)
@@ -252,9 +271,41 @@ def steering_vectors(dirs: dict, signs_from: dict | None, coef: float, norms: di
 
 
 class CaftMixin:
-    """Directions found in :meth:`prepare`, ablated (or added) while training."""
+    """Directions found in :meth:`prepare`, ablated (or added) while training; the trained state is
+    its base method's (LoRA adapter or full weights), so applying a finished run is the base's."""
 
     name = "caft"
+    takes_concepts = True
+    owned_keys = ("caft_concepts", "caft_layers")
+
+    @classmethod
+    def validate(cls, recipe: Recipe, need: Need) -> None:
+        for key, value, choices in (("caft_directions", recipe.caft_directions, DIRECTIONS),
+                                    ("caft_ablation", recipe.caft_ablation, ABLATIONS),
+                                    ("caft_base", recipe.caft_base, BASES), ("caft_mode", recipe.caft_mode, MODES)):
+            need(value in choices, f"{key} must be one of {list(choices)}, got {value!r}")
+        need(bool(recipe.caft_layers) or recipe.caft_concepts is not None,
+             "finetuning_type 'caft' needs caft_layers (ablate at blocks.{l}.hook_resid_post) or caft_concepts")
+        if recipe.caft_n_directions is not None:
+            need(recipe.caft_n_directions > 0, "caft_n_directions must be > 0")
+            need(recipe.caft_directions != "diffmeans" or recipe.caft_n_directions == 1 or recipe.caft_concepts,
+                 "caft_directions 'diffmeans' gives one direction per layer; set caft_n_directions: 1 "
+                 "or use random / pca")
+        need(recipe.caft_directions != "pca_diff" or recipe.caft_concepts is not None
+             or recipe.caft_reference_run is not None,
+             "caft_directions 'pca_diff' needs caft_reference_run: the fine-tuned run folder whose "
+             "activations minus the base model's give the directions")
+        need(recipe.caft_contrast is None or len(recipe.caft_contrast.split(",")) == 2,
+             "caft_contrast names two prompt sets, 'A,B' (registry names or .jsonl files)")
+        need(recipe.caft_steer_coef > 0, "caft_steer_coef must be > 0")
+        super().validate(recipe, need)  # type: ignore[misc]  # the base's keys (LoRA targets)
+
+    @classmethod
+    def rewire(cls, recipe: Recipe, plan: Rewiring) -> dict[str, Any]:
+        """Harmful-minus-benign directions come from the experiment's own concept step."""
+        if recipe.caft_concepts is None and recipe.caft_directions == "diffmeans" and plan.concepts is not None:
+            return {"caft_concepts": str(plan.concepts), "caft_layers": recipe.caft_layers or plan.concept_layers}
+        return {}
 
     def prepare(self) -> None:
         r, wb = self.recipe, self.wb
@@ -321,6 +372,10 @@ class CaftMixin:
 
 class CaftMethod(CaftMixin, LoraMethod):
     """CAFT on LoRA (``caft_base: lora``, the default)."""
+
+    @classmethod
+    def resolve(cls, recipe: RecipeLike) -> type[Method]:
+        return CaftFullMethod if recipe_get(recipe, "caft_base", "lora") == "full" else CaftMethod
 
 
 class CaftFullMethod(CaftMixin, FullMethod):

@@ -13,12 +13,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..interventions import HeadBias, HeadScale
-from .methods import Method, freeze, unfreeze
+from ...interventions import HeadBias, HeadScale, Intervention
+from ..errors import RecipeError
+from ..run_folder import RunFolder
+from .base import Method, Need, Rewiring, freeze, unfreeze
+
+if TYPE_CHECKING:
+    from ...model import Workbench
+    from ..recipe import Recipe
+
+COMPONENTS = ("A", "v")
 
 HEADS_FORMAT = "workbench.lofit_heads"
 SCALE_DIR = "head_scale"
@@ -26,7 +36,8 @@ BIAS_DIR = "head_bias"
 HEADS_FILE = "heads.json"
 
 
-def save_heads_file(path: str | Path, ranked: list[tuple[int, int, float]], k: int, wb, **meta) -> Path:
+def save_heads_file(path: str | Path, ranked: list[tuple[int, int, float]], k: int, wb: Workbench,
+                    **meta: Any) -> Path:
     """Write the top ``k`` of ``ranked`` ``[(layer, head, score)]`` (best first) plus all scores."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +49,7 @@ def save_heads_file(path: str | Path, ranked: list[tuple[int, int, float]], k: i
     return path
 
 
-def load_heads_file(path: str | Path, wb=None, k: int | None = None) -> list[tuple[int, int, float]]:
+def load_heads_file(path: str | Path, wb: Workbench | None = None, k: int | None = None) -> list[tuple[int, int, float]]:
     """``[(layer, head, score)]`` from a heads file, best first (the top ``k`` if given); checked
     against ``wb``'s shape when given."""
     path = Path(path)
@@ -62,6 +73,39 @@ def load_heads_file(path: str | Path, wb=None, k: int | None = None) -> list[tup
 
 class LofitMethod(Method):
     name = "lofit"
+    changes_weights = False  # the model stays frozen: its interventions are hooks
+    owned_keys = ("lofit_component",)
+
+    @classmethod
+    def validate(cls, recipe: Recipe, need: Need) -> None:
+        need(recipe.lofit_component is not None, "finetuning_type 'lofit' needs lofit_component: A "
+             "(phase A, select heads) or v (phase v, bias tuning on the selected heads)")
+        need(recipe.lofit_component in COMPONENTS,
+             f"lofit_component must be one of {list(COMPONENTS)}, got {recipe.lofit_component!r}")
+        if recipe.lofit_component == "v":
+            need(recipe.lofit_heads_path is not None or recipe.warm_start_from is not None,
+                 "lofit_component 'v' needs lofit_heads_path: the heads file a phase-A run "
+                 "(lofit_component: A) wrote")
+
+    @classmethod
+    def apply(cls, run: RunFolder, recipe: Mapping[str, Any], wb: Workbench) -> list[Intervention]:
+        if recipe.get("lofit_component") != "v":  # phase A's scales only select heads
+            return []
+        run.require(BIAS_DIR)
+        bias = HeadBias.load(run / BIAS_DIR)
+        bias.check(wb)
+        return [bias]
+
+    @classmethod
+    def rewire(cls, recipe: Recipe, plan: Rewiring) -> dict[str, Any]:
+        """Phase A writes its heads file into the new run folder; phase v reads it from there."""
+        heads = plan.key(recipe.lofit_heads_path or Path(recipe.output_dir) / HEADS_FILE)
+        if recipe.lofit_component == "A":
+            plan.moved[heads] = str(plan.run_dir / HEADS_FILE)
+        elif heads not in plan.moved:
+            raise RecipeError(f"{plan.source}: lofit_heads_path {heads} is written by no recipe listed before it "
+                              f"in method {plan.method!r}; list the phase A recipe first")
+        return {"lofit_heads_path": plan.moved[heads]}
 
     def prepare(self) -> None:
         r, wb = self.recipe, self.wb
