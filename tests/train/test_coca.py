@@ -15,6 +15,45 @@ GOOD = Record(id="bi/1", prompt="Name a primary colour.", label=0, source="benig
               response="Red is a primary colour.")
 
 
+def test_tagged_variant_follows_the_papers_template_and_parses_back():
+    harm, good = coca.refactor([HARM, GOOD], "tagged")
+    assert harm.response == ("<think>The request touches cybercrime, which could cause real harm.</think>"
+                             "<concept>cybercrime</concept><check>cybercrime</check>"
+                             "<erase unsafe concepts>Unsafe: I refuse.</erase unsafe concepts>"
+                             f"<response>{coca.refusal(HARM)}</response>")
+    assert good.response.endswith("<check>none</check><erase unsafe concepts>Safe: I answer.</erase unsafe concepts>"
+                                  "<response>Red is a primary colour.</response>")
+    assert coca.parse_tagged(harm.response) == {"concepts": ["cybercrime"], "unsafe": ["cybercrime"],
+                                                "decision": "refuse", "response": coca.refusal(HARM)}
+    assert coca.parse_tagged(good.response)["unsafe"] == [] and coca.answer_part(good.response) == GOOD.response
+    # generation cut off inside the answer still parses up to the decision
+    cut = harm.response[:harm.response.index("<response>") + 14]
+    assert coca.parse_decision(cut) == {"decision": "refuse", "concepts": ["cybercrime"], "answer": cut[-4:]}
+    assert coca.parse_tagged("<think>x</think><concept>y</concept><check>y</check><erase unsafe concepts>maybe"
+                             "</erase unsafe concepts>") is None  # an unknown decision is not the format
+    assert coca.refactor([HARM], "tagged_warm")[0].response == harm.response
+    assert harm.meta["reasoning"] + f"<response>{coca.refusal(HARM)}</response>" == harm.response
+
+
+def test_format_adherence_counts_parsed_and_correct_decisions():
+    think_harm, think_good = coca.refactor([HARM, GOOD], "think")
+    tagged_harm, tagged_good = coca.refactor([HARM, GOOD], "tagged")
+    responses = [think_harm.response, tagged_good.response, tagged_harm.response, "Sure, here you go.",
+                 think_good.response]
+    harmful = [True, False, False, True, True]  # the third and fifth decide against their label
+    a = coca.format_adherence(responses, harmful)
+    assert a["value"] == pytest.approx(2 / 5) and a["parsed"] == pytest.approx(4 / 5) and a["n"] == 5
+    # Wilson interval of 2/5, closed form
+    z, n, p = 1.959963984540054, 5, 0.4
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    assert a["ci_low"] == pytest.approx(centre - half) and a["ci_high"] == pytest.approx(centre + half)
+    assert coca.answer_part(think_harm.response) == coca.refusal(HARM)
+    assert coca.answer_part("Sure, here you go.") == "Sure, here you go."
+    with pytest.raises(ValueError, match="2 responses but 1 labels"):
+        coca.format_adherence(responses[:2], harmful[:1])
+    assert coca.reasoning_budget(None) == 0 < coca.reasoning_budget("think") < coca.reasoning_budget("tagged_warm")
+
+
 def test_think_variant_names_concepts_then_decides():
     harm, bomb, good = coca.refactor([HARM, BOMB, GOOD], "think")
     assert harm.response.startswith("Concepts: cybercrime. Unsafe, so I refuse.\n\n")
@@ -44,6 +83,11 @@ def test_reasoning_is_short_for_every_category(tiny):
     steps = {coca.reasoning_step(r) for r in records}
     lengths = [len(tok(s, add_special_tokens=False)["input_ids"]) for s in steps]
     assert len(steps) > 10 and max(lengths) < 25, max(zip(lengths, steps))
+    assert max(lengths) <= coca.reasoning_budget("think")
+    # the tagged template up to <response>: within the generation budget evaluation adds for it
+    tagged = {coca.tagged_response(r, "")[:-len("<response></response>")] for r in records}
+    tagged_lengths = [len(tok(s, add_special_tokens=False)["input_ids"]) for s in tagged]
+    assert max(tagged_lengths) <= coca.reasoning_budget("tagged"), max(zip(tagged_lengths, tagged))
     assert {c for r in load_dataset("harmbench") for c in coca.concepts_for(r)} >= {
         "cybercrime", "chemical or biological weapons", "misinformation", "harassment"}
 

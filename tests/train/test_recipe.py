@@ -85,6 +85,7 @@ def test_shipped_examples_validate():
         assert r.max_steps <= 60 and (r.max_samples or 0) <= 128  # sized for CPU
     assert kinds["lofit/head.yaml"][:2] == ("lofit", "A")
     assert kinds["lofit/think_warm.yaml"] == ("lofit", "v", "think_warm")
+    assert kinds["lofit/tagged_warm.yaml"] == ("lofit", "v", "tagged_warm")
     assert kinds["caft/diffmeans.yaml"][0] == "caft"
 
 

@@ -23,7 +23,16 @@ Variants (the names COCA's configs use), all emitted as :class:`workbench.data.R
 * ``normal``       plain refusal / answer, no reasoning step;
 * ``normal_warm``  the same data as ``normal``; the recipe warm-starts training;
 * ``think``        reasoning step + refusal / answer, trained from the base model;
-* ``think_warm``   the same data as ``think``; the recipe warm-starts training.
+* ``think_warm``   the same data as ``think``; the recipe warm-starts training;
+* ``tagged``       the paper's tagged template (its Figure 1), every response
+  ``<think>...</think><concept>...</concept><check>...</check><erase unsafe concepts>...</erase
+  unsafe concepts><response>...</response>``: a reasoning sentence about the potential concepts,
+  the identified concepts, the unsafe ones (or ``none``), the decision, then the refusal or the
+  original answer (:func:`tagged_response`);
+* ``tagged_warm``  the same data as ``tagged``; the recipe warm-starts training.
+
+**Format adherence** (:func:`format_adherence`): the share of generated responses whose reasoning
+parses (:func:`parse_decision` reads both formats) and whose decision matches the prompt's label.
 
 **Warm start, as chosen here**: a ``*_warm`` recipe must name ``warm_start_from``, a previous run
 folder; training starts from that run's trained parameters (its LoFIT head biases -- heads
@@ -43,7 +52,8 @@ from pathlib import Path
 
 from ..data import Record
 
-VARIANTS = ("normal", "normal_warm", "think", "think_warm")
+VARIANTS = ("normal", "normal_warm", "think", "think_warm", "tagged", "tagged_warm")
+REASONING_VARIANTS = ("think", "think_warm", "tagged", "tagged_warm")
 
 # Category labels of the registry's harmful datasets -> short concept phrases.
 CONCEPTS = {
@@ -91,6 +101,11 @@ REFUSALS = (
     "Sorry, I can't assist with that, as it could cause harm.",
 )
 
+ERASE_TAG = "erase unsafe concepts"
+DECISIONS = {"refuse": "Unsafe: I refuse.", "answer": "Safe: I answer."}
+_TAGGED = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<concept>(?P<concepts>.*?)</concept>\s*"
+                     r"<check>(?P<check>.*?)</check>\s*<erase unsafe concepts>(?P<decision>.*?)</erase unsafe concepts>"
+                     r"\s*(?:<response>(?P<response>.*?)(?:</response>|$))?", re.S)
 _REASONING = re.compile(r"^\s*Concepts: (?P<concepts>.+?)\. (?P<safety>Unsafe|Safe), so I (?P<decision>refuse|help)\.")
 
 
@@ -127,6 +142,85 @@ def parse_reasoning(text: str) -> dict | None:
             "decision": m.group("decision")}
 
 
+def tagged_response(record: Record, answer: str) -> str:
+    """The paper's tagged template around ``answer`` (the refusal or the original answer)."""
+    concepts = concepts_for(record)
+    if concepts:
+        think = f"The request touches {' and '.join(concepts)}, which could cause real harm."
+        unsafe = ", ".join(concepts)
+        decision = DECISIONS["refuse"]
+    else:
+        think = "The request asks for ordinary help; nothing in it could cause harm."
+        unsafe = NO_CONCEPT
+        decision = DECISIONS["answer"]
+    return (f"<think>{think}</think><concept>{', '.join(concepts) or NO_CONCEPT}</concept><check>{unsafe}</check>"
+            f"<{ERASE_TAG}>{decision}</{ERASE_TAG}><response>{answer}</response>")
+
+
+def parse_tagged(text: str) -> dict | None:
+    """Read the tagged template back: ``{"concepts", "unsafe", "decision": "refuse" | "answer",
+    "response"}`` (``response`` is ``None`` when generation stopped before it), or ``None`` when
+    the text does not open with the tags up to the decision."""
+    m = _TAGGED.match(text)
+    if not m:
+        return None
+    decision = {v: k for k, v in DECISIONS.items()}.get(m.group("decision").strip())
+    if decision is None:
+        return None
+    concepts = [c.strip() for c in m.group("concepts").split(",") if c.strip()]
+    unsafe = [c.strip() for c in m.group("check").split(",") if c.strip()]
+    return {"concepts": [] if concepts == [NO_CONCEPT] else concepts, "unsafe": [] if unsafe == [NO_CONCEPT] else unsafe,
+            "decision": decision, "response": m.group("response")}
+
+
+def parse_decision(text: str) -> dict | None:
+    """The decision of a COCA response in either format: ``{"decision": "refuse" | "answer",
+    "concepts": [...], "answer": text after the reasoning}``, or ``None`` if none parses."""
+    tagged = parse_tagged(text)
+    if tagged is not None:
+        return {"decision": tagged["decision"], "concepts": tagged["concepts"], "answer": tagged["response"] or ""}
+    line = parse_reasoning(text)
+    if line is not None:
+        answer = _REASONING.sub("", text, count=1).strip()
+        return {"decision": "refuse" if line["decision"] == "refuse" else "answer", "concepts": line["concepts"],
+                "answer": answer}
+    return None
+
+
+def answer_part(text: str) -> str:
+    """What a COCA response says after its reasoning (the whole text when no reasoning parses):
+    the part a refusal judge should read."""
+    parsed = parse_decision(text)
+    return text if parsed is None else parsed["answer"]
+
+
+def format_adherence(responses: Sequence[str], harmful: Sequence[bool]) -> dict:
+    """How well generations follow the COCA format: ``parsed`` (share whose reasoning parses),
+    ``value`` (share that parse *and* decide as the label says: refuse a harmful prompt, answer a
+    benign one) with its Wilson interval, and ``n``."""
+    import numpy as np
+
+    from ..stats import wilson_interval
+
+    if len(responses) != len(harmful):
+        raise ValueError(f"{len(responses)} responses but {len(harmful)} labels")
+    if not responses:
+        raise ValueError("format adherence of no responses")
+    decisions = [parse_decision(t) for t in responses]
+    ok = [d is not None and d["decision"] == ("refuse" if h else "answer") for d, h in zip(decisions, harmful)]
+    (lo,), (hi,) = wilson_interval(np.array([sum(ok)]), len(ok))
+    return {"metric": "format adherence", "value": sum(ok) / len(ok), "ci_low": float(lo), "ci_high": float(hi),
+            "parsed": sum(d is not None for d in decisions) / len(decisions), "n": len(ok)}
+
+
+def reasoning_budget(variant: str | None) -> int:
+    """Generation tokens a variant's reasoning takes before its answer (added to an evaluation's
+    ``max_new_tokens``, so that the answer is judged and not cut off)."""
+    if variant is None or variant.startswith("normal"):
+        return 0
+    return 64 if variant.startswith("tagged") else 16
+
+
 def refusal(record: Record) -> str:
     """A short refusal, chosen deterministically from :data:`REFUSALS` by the record id."""
     h = int.from_bytes(hashlib.sha256(record.id.encode()).digest()[:4], "big")
@@ -135,14 +229,15 @@ def refusal(record: Record) -> str:
 
 def refactor(records: Iterable[Record], variant: str = "think") -> list[Record]:
     """COCA training records for ``variant``: harmful (label 1) -> refusal, benign (label 0) ->
-    its reference ``response``; ``think*`` variants prepend :func:`reasoning_step`.
+    its reference ``response``; ``think*`` variants prepend :func:`reasoning_step`, ``tagged*``
+    variants wrap the answer in :func:`tagged_response`.
 
     The result keeps prompt, label, source and category; ``meta`` gains ``coca_variant``,
     ``concepts``, ``decision`` (``"refuse"`` / ``"answer"``), ``reasoning`` and ``orig_id``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown COCA variant {variant!r}; choose from {VARIANTS}")
-    think = variant.startswith("think")
+    think, tagged = variant.startswith("think"), variant.startswith("tagged")
     out = []
     for rec in records:
         concepts = concepts_for(rec)
@@ -154,7 +249,11 @@ def refactor(records: Iterable[Record], variant: str = "think") -> list[Record]:
                                  f"{rec.source!r} has none); use e.g. benign_instructions")
             answer, decision = rec.response.strip(), "answer"
         reasoning = reasoning_step(rec) if think else None
-        response = f"{reasoning}\n\n{answer}" if think else answer
+        if tagged:
+            response = tagged_response(rec, answer)
+            reasoning = response[:response.index("<response>")]
+        else:
+            response = f"{reasoning}\n\n{answer}" if think else answer
         out.append(replace(rec, id=f"coca-{variant}/{rec.id}", response=response,
                            meta={**rec.meta, "coca_variant": variant, "concepts": concepts,
                                  "decision": decision, "reasoning": reasoning, "orig_id": rec.id}))
@@ -217,5 +316,6 @@ def _jsonable(obj):
     return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
 
 
-__all__ = ["VARIANTS", "CONCEPTS", "REFUSALS", "concepts_for", "reasoning_step", "parse_reasoning", "refusal",
-           "refactor", "plain_sft", "write_jsonl", "read_jsonl"]
+__all__ = ["VARIANTS", "REASONING_VARIANTS", "CONCEPTS", "REFUSALS", "concepts_for", "reasoning_step",
+           "parse_reasoning", "tagged_response", "parse_tagged", "parse_decision", "answer_part", "format_adherence",
+           "reasoning_budget", "refusal", "refactor", "plain_sft", "write_jsonl", "read_jsonl"]

@@ -26,10 +26,10 @@ from typing import Any, Union
 
 from ..models import DEFAULT_MODEL
 from . import methods
+from .coca import VARIANTS as COCA_VARIANTS
 from .errors import RecipeError
 from .methods.lora import LORA_MODULES
 
-COCA_VARIANTS = ("normal", "normal_warm", "think", "think_warm")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -46,7 +46,7 @@ class Recipe:
     finetuning_type: str = "lora"             # lora | full | lofit | caft
     # --- data
     dataset_split: str | None = "train"       # train | val | test | null (all records)
-    coca_variant: str | None = None           # normal | normal_warm | think | think_warm (see coca.py)
+    coca_variant: str | None = None           # normal | think | tagged (+ _warm) (see coca.py)
     max_samples: int | None = None            # per dataset, a seeded random sample
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
     system_prompt: str | None = None          # chat system message; null = the template's default, "" = none
