@@ -47,8 +47,22 @@ def test_train_then_load_the_run_for_eval(tmp_path, capsys):
     assert "run folder" in capsys.readouterr().out
     wb, deployed = _load_for_eval(str(tmp_path / "run"))
     assert wb.model_id == "tiny-llama" and len(deployed) == 0  # LoRA merges into the model, no hooks
+    # the loaded run is the base model with the saved adapter: peft on a plain HF copy gives its logits
+    import torch
+    from peft import PeftModel
+
+    from workbench import models
+
+    batch = wb.tokenize(["Name a fruit."])
     with wb.hooks(deployed):
-        assert wb.forward(["Name a fruit."]).shape[0] == 1
+        logits = wb.forward(batch)
+    base, _ = models.load("tiny-llama")
+    with torch.no_grad():
+        before = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        after = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter"))(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (after - before).abs().max() > 1e-4          # the two training steps changed something
+    assert torch.allclose(logits, after, atol=1e-4)
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     capsys.readouterr()
     # an unfinished run (no adapter) and a corrupt config are clear errors, not tracebacks

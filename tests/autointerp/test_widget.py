@@ -56,7 +56,8 @@ def test_widget_pages_labels_and_saves(tmp_path):
     # a fresh widget on the saved file shows the saved choices
     w2 = LabelingWidget(back, path, contexts=ctx)
     assert w2.label.value == back["c0"].label and w2.use.value
-    assert w2._repr_mimebundle_() is not None
+    bundle = w2._repr_mimebundle_()  # Jupyter renders the widget's box (its model id), not text
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == w2.box.model_id
 
 
 def test_widget_refuses_empty_set(tmp_path):
