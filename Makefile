@@ -28,6 +28,7 @@ test: install lint
 
 lint: install
 	$(VENV)/bin/ruff check workbench tests bench
+	$(VENV)/bin/pyright
 
 bench: install
 	$(PY) bench/capture.py

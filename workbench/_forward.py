@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor |
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack (``model.model``) and the unembedding of a HF causal LM or a peft model."""
     get = getattr(model, "get_base_model", None)
-    base = get() if get is not None else model
+    base: Any = get() if get is not None else model  # a PreTrainedModel; nn.Module's stubs do not know its methods
     return base.get_decoder(), base.get_output_embeddings()
 
 

@@ -18,6 +18,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _records(args):
@@ -59,7 +63,7 @@ def cmd_probe(args) -> Path:
     print(f"probe sweep: {len(table)} sites, {args.folds}-fold, {len(labels)} examples "
           f"({int(labels.sum())} harmful) in {elapsed:.1f}s")
     cols = ["site", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "auroc"]
-    print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(cast("pd.DataFrame", best[cols]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"table and plots in {out}/")
     return out
 
@@ -205,7 +209,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False, argparse.SUPPRESS) or action.required:
             return action.help or ""
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""  # argparse's never returns None (typeshed says str | None)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -107,17 +108,19 @@ class LeaceEraser:
     @property
     def P(self) -> torch.Tensor:
         """The oblique projection ``W^+ P_{W Sigma_XZ} W`` ``[d, d]`` that is subtracted (float64)."""
-        self._fitted()
-        return self.proj_left @ self.proj_right
+        _, left, right = self._fitted()
+        return left @ right
 
-    def _fitted(self) -> None:
-        if self.mean is None:
+    def _fitted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, proj_left, proj_right)``; raises if the eraser is not fitted."""
+        if self.mean is None or self.proj_left is None or self.proj_right is None:
             raise RuntimeError("LeaceEraser is not fitted; call .fit(X, z) or load one")
+        return self.mean, self.proj_left, self.proj_right
 
     def _params(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         key = (device, dtype)
         if key not in self._cache:
-            self._cache[key] = tuple(t.to(device=device, dtype=dtype) for t in (self.mean, self.proj_left, self.proj_right))
+            self._cache[key] = tuple(t.to(device=device, dtype=dtype) for t in self._fitted())
         return self._cache[key]
 
     def __call__(self, x: torch.Tensor, site: str | None = None) -> torch.Tensor:
@@ -134,11 +137,10 @@ class LeaceEraser:
     # -- persistence (safetensors + JSON metadata; no pickle) ----------------------------
     def to_dict(self) -> dict:
         """Plain dict: float64 tensors ``mean``, ``proj_left``, ``proj_right`` and JSON-able ``meta``."""
-        self._fitted()
+        mean, left, right = self._fitted()
         meta = {"format": "workbench.LeaceEraser", "version": 1, "d": self.d, "rank": self.rank,
                 "n_fit": self.n_fit, "tol": self.tol}
-        return {"mean": self.mean.cpu(), "proj_left": self.proj_left.cpu(), "proj_right": self.proj_right.cpu(),
-                "meta": meta}
+        return {"mean": mean.cpu(), "proj_left": left.cpu(), "proj_right": right.cpu(), "meta": meta}
 
     @classmethod
     def from_dict(cls, state: Mapping) -> LeaceEraser:
@@ -239,7 +241,7 @@ def erasure_check(
                 for src_tr, src_te, out in ((raw_tr, raw_te, before), (erased_tr, erased_te, after)):
                     Xtr, Xte = (_stack(src, sub, "cpu") for src in (src_tr, src_te))  # erased: float64
                     (sc,) = _torch_scores(Xtr, y[tr], [Xte], l2)
-                    out[np.ix_(idx, te)] = sc.double().numpy()
+                    out[np.ix_(np.asarray(idx), te)] = sc.double().numpy()
         else:
             (before[:, te],) = fit_predict(raw_tr, y[tr], [raw_te], method=method, l2=l2)
             (after[:, te],) = fit_predict(erased_tr, y[tr], [erased_te], method=method, l2=l2)
@@ -248,7 +250,7 @@ def erasure_check(
     ma = score_metrics(after, y, None, n_boot, seed)
     cols = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high"]
     renamed = [
-        m[cols].rename(columns=lambda c: c.replace(c.split("_")[0], c.split("_")[0] + tag, 1))
+        cast(pd.DataFrame, m[cols]).rename(columns=lambda c: c.replace(c.split("_")[0], c.split("_")[0] + tag, 1))
         for m, tag in ((mb, "_before"), (ma, "_after"))
     ]  # accuracy_ci_low -> accuracy_before_ci_low
     metrics = pd.concat([mb[["n"]], *renamed], axis=1)

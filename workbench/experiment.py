@@ -28,11 +28,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._log import get_logger
 from .models import DEFAULT_MODEL
 from .sites import expand_sites
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = get_logger(__name__)
 
@@ -145,7 +148,7 @@ def _records(exp: Experiment, split: str, n: int):
                              match_lengths=True)
 
 
-def write_probe_sweep(store, out: str | Path, n_folds: int = 5, seed: int = 0):
+def write_probe_sweep(store, out: str | Path, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """Probe sweep over every site of ``store`` (heads split out) -> ``out/probes.csv`` (written last:
     it marks the step done), ``probe_accuracy.html`` and, with head sites, ``head_heatmap.html``."""
     from .plots import head_heatmap, probe_accuracy_plot, save_html
@@ -157,13 +160,13 @@ def write_probe_sweep(store, out: str | Path, n_folds: int = 5, seed: int = 0):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_html(probe_accuracy_plot(table), out / "probe_accuracy.html")
-    if (table["kind"] == "z").any():
+    if bool((table["kind"] == "z").any()):
         save_html(head_heatmap(table), out / "head_heatmap.html")
     table.to_csv(out / "probes.csv", index=False)
     return table
 
 
-def cache_and_probe(exp: Experiment, wb, out: Path):
+def cache_and_probe(exp: Experiment, wb, out: Path) -> pd.DataFrame:
     """Steps 1-3. Returns the probe table."""
     import pandas as pd
 

@@ -26,12 +26,16 @@ fp32):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._forward import MIN_SHARED_PREFIX, decoder_and_head, prefill_shared, shared_prefix_length
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicLayer
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -102,7 +106,9 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                 break
             alive, tok, mask, pos = alive[keep.cpu()], tok[keep], mask[keep], pos[keep]
             for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+                kv = cast("DynamicLayer", layer)  # an attention layer's cache, filled by the prefill
+                assert kv.keys is not None and kv.values is not None
+                kv.keys, kv.values = kv.keys[keep], kv.values[keep]
         mask = torch.cat([mask, mask.new_ones(len(tok), 1)], 1)
         out = decoder(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache,
                       use_cache=True, cache_position=torch.tensor([mask.shape[1] - 1], device=device))
@@ -118,7 +124,7 @@ def fast_path_ok(model: nn.Module) -> bool:
     try:
         decoder, _ = decoder_and_head(model)
         cfg = decoder.config
-        layer = decoder.layers[0]
+        layer = cast(nn.ModuleList, decoder.layers)[0]
         attn = layer.attn
     except (AttributeError, IndexError, TypeError):
         return False
@@ -136,12 +142,15 @@ class _FastDecoder:
     quarter of the batch has finished (fewer cache copies than at every finish)."""
 
     def __init__(self, decoder: nn.Module, head: nn.Module, batch: int, max_len: int):
-        self.decoder, self.head = decoder, head
-        self.layers = list(decoder.layers)
+        # the bridge's submodules are looked up by name (nn.Module's stubs type them as Tensor | Module)
+        self.decoder: Any = decoder
+        self.head = head
+        self.layers: list[Any] = list(self.decoder.layers)
         hf_attn = self.layers[0].attn.original_component
         self.d_head, self.scale = hf_attn.head_dim, hf_attn.scaling
-        n_kv = decoder.config.num_key_value_heads
-        w = decoder.embed_tokens.weight if hasattr(decoder.embed_tokens, "weight") else next(decoder.parameters())
+        n_kv = self.decoder.config.num_key_value_heads
+        w = (self.decoder.embed_tokens.weight if hasattr(self.decoder.embed_tokens, "weight")
+             else next(self.decoder.parameters()))
         shape = (batch, n_kv, max_len, self.d_head)
         self.k = [w.new_zeros(shape) for _ in self.layers]
         self.v = [w.new_zeros(shape) for _ in self.layers]

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +28,10 @@ from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
 from .generation import eos_token_ids, fast_path_ok, greedy_decode
 from .sites import TOKEN_PREFIX, Site, check_position, parse_site, reduce_positions, rows_per_prompt, token_index
+
+if TYPE_CHECKING:
+    from .backends.transformer_lens import TransformerLensBackend
+    from .interventions import Intervention
 
 # A user hook: fn(tensor, site_name) -> replacement tensor or None. Objects with an
 # ``as_hooks(wb) -> {site: fn}`` method (interventions) are accepted wherever hooks are.
@@ -59,6 +65,8 @@ class Workbench:
         system_prompt: optional system message for the chat template.
         remote: an ``nnsight.LanguageModel`` whose traces run on NDIF (see :meth:`load`).
     """
+
+    trained_by: Path  # the run folder, once ``workbench.train.train`` changed this model in place (unset before)
 
     def __init__(self, model, tokenizer, model_id: str, backend: str = "transformer_lens",
                  system_prompt: str | None = None, remote: object = None):
@@ -107,7 +115,7 @@ class Workbench:
         """The TransformerLens ``TransformerBridge`` (transformer_lens backend only)."""
         if not hasattr(self.backend, "bridge"):
             raise AttributeError(f"the {self.backend.name} backend has no TransformerBridge")
-        return self.backend.bridge
+        return cast("TransformerLensBackend", self.backend).bridge
 
     @property
     def sites(self) -> list[str]:
@@ -133,11 +141,11 @@ class Workbench:
         """Turn ``{site: fn | [fn, ...]}`` (or an intervention object) into backend hooks.
         A head site ``...hook_z[h]`` gives ``fn`` the ``[batch, pos, d_head]`` slice."""
         if hasattr(hooks, "as_hooks"):
-            hooks = hooks.as_hooks(self)
+            hooks = cast("Intervention", hooks).as_hooks(self)
         out = []
-        for name, fns in hooks.items():
+        for name, fns in cast("Mapping[str, UserHook | Sequence[UserHook]]", hooks).items():
             site = self.site(name)
-            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+            for fn in cast("Sequence[UserHook]", fns if isinstance(fns, (list, tuple)) else [fns]):
                 out.append((site.hook, _adapt(fn, site)))
         return out
 
@@ -208,7 +216,7 @@ class Workbench:
             raise ValueError("duplicate site names")
         # Stop after the last block any site needs (the final norm and LM head are never needed
         # when every site is inside a block).
-        last_layer = None if any(s.layer is None for s in parsed) else max(s.layer for s in parsed)
+        last_layer = None if any(s.layer is None for s in parsed) else max(s.layer for s in parsed if s.layer is not None)
         bar = tqdm(total=len(prompts), initial=start, desc="capture", unit="prompt", disable=not progress)
         for lo in range(start, len(prompts), batch_size):
             hi = min(lo + batch_size, len(prompts))
@@ -263,7 +271,7 @@ class Workbench:
         if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
             raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
         greedy = not do_sample and not kwargs and self.backend.name == "transformer_lens"
-        hook_free = greedy and self.backend.installed == 0 and fast_path_ok(self.model)
+        hook_free = greedy and cast("TransformerLensBackend", self.backend).installed == 0 and fast_path_ok(self.model)
         eos = eos_token_ids(self.model, self.tokenizer)
         # Batch prompts of similar length together (less padding); answers return in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -98,7 +98,7 @@ def _load_from_gguf(spec: EmbeddedModel, dtype: torch.dtype):
     # The weights are dequantized: drop the GGUF quantizer so the model saves and so that
     # TransformerLens sees a plain float model.
     model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # pyright: ignore[reportArgumentType]  # nn.Module.__setattr__'s stub takes Tensor | Module only
     model.config.architectures = [type(model).__name__]
     return model, tokenizer
 
@@ -161,11 +161,11 @@ def _tiny(name: str, dtype: torch.dtype):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        attn_implementation="eager",
+        attn_implementation="eager",  # pyright: ignore[reportCallIssue]  # a PreTrainedConfig kwarg the dataclass stub omits
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(dtype)
+        model = LlamaForCausalLM(config).to(dtype)  # pyright: ignore[reportArgumentType]  # .to is functools.wraps'd: no bound self
     model.config.architectures = [type(model).__name__]
     return model, tokenizer
 
@@ -205,4 +205,4 @@ def load(name: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, device: st
             ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer  # pyright: ignore[reportArgumentType]  # .to is functools.wraps'd: no bound self

@@ -8,6 +8,7 @@ and return a ``plotly.graph_objects.Figure``. ``save_html`` writes a self-contai
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,9 @@ def _split_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     need = {"kind", "layer"}
     if not need <= set(df.columns):
         raise ValueError(f"expected a probe DataFrame with columns {sorted(need)}; got {list(df.columns)}")
-    df = df[df["layer"].notna()]
+    df = cast(pd.DataFrame, df[df["layer"].notna()])
     heads = df["head"].notna() if "head" in df.columns else pd.Series(False, index=df.index)
-    return df[~heads], df[heads]
+    return cast(pd.DataFrame, df[~heads]), cast(pd.DataFrame, df[heads])
 
 
 def _error_y(rows: pd.DataFrame, metric: str) -> dict | None:
@@ -76,7 +77,7 @@ def head_heatmap(df: pd.DataFrame, metric: str = "accuracy", kind: str = "z", ti
     if rows.empty:
         raise ValueError(f"no per-head rows of kind {kind!r} (sites like 'blocks.L.attn.hook_{kind}[h]')")
     grid = rows.pivot_table(index="layer", columns="head", values=metric, aggfunc="mean")
-    layers, heads = np.arange(int(grid.index.max()) + 1), np.arange(int(grid.columns.max()) + 1)
+    layers, heads = np.arange(int(cast(float, grid.index.max())) + 1), np.arange(int(cast(float, grid.columns.max())) + 1)
     grid = grid.reindex(index=layers, columns=heads)  # missing cells stay NaN (blank)
     fig = go.Figure(go.Heatmap(z=grid.to_numpy(float), x=heads, y=layers, colorscale="Viridis",
                                zmin=CHANCE if metric.startswith(("accuracy", "auroc")) else None,

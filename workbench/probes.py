@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -171,6 +172,7 @@ def fit_logreg_batched(
         done = -slope < tol * n
         zd = torch.bmm(Xs, step[:, :, None])[..., 0]  # logits are linear in the step: no data pass per trial
         t = torch.ones(len(act), dtype=dt, device=dev)
+        ok = torch.ones(len(act), dtype=torch.bool, device=dev)  # (set by the first trial: the loop always runs)
         for _ in range(40):  # Armijo backtracking, per site
             ok = loss(z + t[:, None] * zd, theta + t[:, None] * step) <= f + 1e-4 * t * slope + slack * f.abs()
             if bool(ok.all()):
@@ -271,11 +273,29 @@ def _frame(names: list[str], widths: list[int], metrics: pd.DataFrame) -> pd.Dat
 
 
 # ----------------------------------------------------------------------------- sweeps
+@overload
+def probe_sweep(
+    features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0, method: str = "torch",
+    l2: float = 1.0, n_boot: int = 200, max_iter: int = 1000, dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None, return_scores: Literal[False] = False,
+) -> pd.DataFrame: ...
+@overload
+def probe_sweep(
+    features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0, method: str = "torch",
+    l2: float = 1.0, n_boot: int = 200, max_iter: int = 1000, dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None, *, return_scores: Literal[True],
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]: ...
+@overload
 def probe_sweep(
     features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0, method: str = "torch",
     l2: float = 1.0, n_boot: int = 200, max_iter: int = 1000, dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None, return_scores: bool = False,
-):
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]: ...
+def probe_sweep(
+    features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0, method: str = "torch",
+    l2: float = 1.0, n_boot: int = 200, max_iter: int = 1000, dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None, return_scores: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Cross-validated linear probe per site.
 
     features: site -> ``[N, d]``; labels ``[N]`` 0/1. Folds: ``make_folds(labels, n_folds, seed)``,
@@ -300,7 +320,7 @@ def probe_sweep(
             for tr, te in folds:
                 trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
                 (sc,) = _torch_scores(Xall[:, trt], y[tr], [Xall[:, tet]], l2, dtype)
-                scores[np.ix_(idx, te)] = sc.double().cpu().numpy()
+                scores[np.ix_(np.asarray(idx), te)] = sc.double().cpu().numpy()
     elif method == "sklearn":
         for tr, te in folds:
             (sc,) = fit_predict(

@@ -4,6 +4,8 @@ and the per-site metric table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -78,7 +80,7 @@ def score_metrics(
     return df
 
 
-def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
+def mcnemar_exact(a: np.ndarray | Sequence[bool], b: np.ndarray | Sequence[bool]) -> dict:
     """Paired comparison of two 0/1 outcome vectors on the same items (``a``, ``b`` ``[n]``).
 
     Returns ``n``, ``diff`` = mean(a) - mean(b) with Newcombe's (1998, method 10) score interval

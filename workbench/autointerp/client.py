@@ -30,6 +30,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,11 @@ class ChatClient:
         """One chat completion (streaming off); returns the response as a dict."""
         import openai
 
-        body = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
                 "max_tokens": self.max_tokens, **params}
         t0 = time.perf_counter()
         try:
-            no_auth = {} if self.__key else {"extra_headers": {"Authorization": openai.Omit()}}
+            no_auth: dict[str, Any] = {} if self.__key else {"extra_headers": {"Authorization": openai.Omit()}}
             resp = self._client().chat.completions.create(stream=False, **body, **no_auth)
         except openai.APIStatusError as err:
             detail = self._mask(err.response.text[:500])

@@ -22,8 +22,12 @@ import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 _SPECIAL = re.compile(r"<\|[^|>]{1,40}\|>")
 
@@ -62,7 +66,7 @@ def feature_values(acts: torch.Tensor, feature, batch_size: int = 4096) -> torch
     """``[rows]`` value of ``feature`` on token activations ``acts`` ``[rows, d]``."""
     acts = acts.reshape(acts.shape[0], -1).float()
     if isinstance(feature, SAELatent):
-        sae = getattr(feature.sae, "sae", feature.sae)
+        sae = cast("SAE", getattr(feature.sae, "sae", feature.sae))  # a WorkbenchSAE's sae-lens SAE, or one itself
         p = next(sae.parameters())
         out = [sae.encode(acts[i:i + batch_size].to(p.device, p.dtype))[:, feature.index].float().cpu()
                for i in range(0, acts.shape[0], batch_size)]

@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from .examples import _SPECIAL, Example
 
@@ -108,7 +109,7 @@ class OfflineExplainer:
                     min_examples: int | None = None) -> list[tuple[str, float, float, int]]:
         """``[(term, z, weighted count in top, examples in contrast)]`` sorted by z (log-odds / sd)."""
         min_examples = self.min_examples if min_examples is None else min_examples
-        top_w: Counter = Counter()
+        top_w = cast("dict[str, float]", Counter())  # float weights (Counter's stubs say int); missing terms read 0
         top_df: Counter = Counter()
         for ex in top:
             for t, w in _weighted_terms(ex, self.frac, self.radius, self.bigrams).items():

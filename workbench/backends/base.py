@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads with the backends themselves, not with this interface (CLI start-up)
     import torch
@@ -39,7 +39,7 @@ class Backend(ABC):
         attention_mask: torch.Tensor,
         hooks: Sequence[tuple[str, HookFn]] = (),
         **kwargs,
-    ):
+    ) -> Any:
         """One forward pass of the HF model with ``hooks`` (and any installed ones) active.
 
         Returns the HF output (``.logits`` [batch, pos, vocab]); ``None`` if a hook raised

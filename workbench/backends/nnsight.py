@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 from .base import Backend, HookFn, StopForward
+
+if TYPE_CHECKING:
+    from nnsight.modeling.transformers import TransformersModel
 
 # kind -> (rank in a layer's execution order, module path under the layer, "input" | "output").
 _ACCESS = {
@@ -62,7 +66,7 @@ class NNsightBackend(Backend):
         import nnsight
 
         self.remote = remote is not None
-        self.nn = remote if remote is not None else nnsight.TransformersModel(model, tokenizer=tokenizer)
+        self.nn = cast("TransformersModel", remote) if remote is not None else nnsight.TransformersModel(model, tokenizer=tokenizer)
         cfg = model.config
         self.n_heads, self.d_head = cfg.num_attention_heads, getattr(cfg, "head_dim", None) or (
             cfg.hidden_size // cfg.num_attention_heads

@@ -31,7 +31,7 @@ class TransformerLensBackend(Backend):
         try:
             for name, fn in hooks:
                 point = self.points[name]
-                point.add_hook(lambda t, hook, fn=fn: fn(t))
+                point.add_hook(lambda tensor, hook, fn=fn: fn(tensor))
                 added.append((point, point.fwd_hooks[-1]))
                 self.installed += 1
             yield

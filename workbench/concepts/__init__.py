@@ -10,6 +10,8 @@ Modules: :mod:`.conceptset` (the container and its file format), :mod:`.diffmean
 (sae-lens training, loading, the ``sae train`` command), :mod:`.latents` (CAFT's three latent choices).
 """
 
+from typing import TYPE_CHECKING
+
 from .conceptset import Concept, ConceptSet, WidthMismatch, provenance
 from .diffmeans import diff_means, diff_means_between
 from .pca import activation_difference, paired_activations, pca, pca_diff, principal_components, random_directions, top_components
@@ -21,6 +23,20 @@ _SAE_NAMES = ("WorkbenchSAE", "build_training_store", "common_prefix_length", "l
 
 
 _LATENT_NAMES = ("latent_attribution", "latents_by_attribution", "latents_by_diff_encoding", "latents_by_mean_diff")
+
+if TYPE_CHECKING:  # what __getattr__ provides, for type checkers
+    from .latents import latent_attribution, latents_by_attribution, latents_by_diff_encoding, latents_by_mean_diff
+    from .sae import (
+        WorkbenchSAE,
+        build_training_store,
+        common_prefix_length,
+        load_pretrained_sae,
+        load_sae,
+        massive_dims,
+        sae_metrics,
+        saes_dir,
+        train_sae,
+    )
 
 
 def __getattr__(name: str):

@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, overload
 
 import torch
 from safetensors import safe_open
@@ -54,7 +55,11 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _jsonable(obj):
+@overload
+def _jsonable(obj: Mapping) -> dict[str, Any]: ...
+@overload
+def _jsonable(obj: object) -> Any: ...
+def _jsonable(obj: Any) -> Any:
     """Plain JSON types only (tensors -> lists, numpy scalars -> floats); raises on anything else."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -168,6 +173,10 @@ class ConceptSet:
     def __iter__(self) -> Iterator[Concept]:
         return iter(self.concepts)
 
+    @overload
+    def __getitem__(self, key: slice) -> ConceptSet: ...
+    @overload
+    def __getitem__(self, key: int | str) -> Concept: ...
     def __getitem__(self, key: int | str | slice) -> Concept | ConceptSet:
         if isinstance(key, slice):
             return ConceptSet([c.copy() for c in self.concepts[key]], self.meta)
@@ -200,7 +209,7 @@ class ConceptSet:
 
     @property
     def model_ids(self) -> list[str]:
-        return sorted({c.provenance.get("model_id") for c in self.concepts if c.provenance.get("model_id")})
+        return sorted({m for c in self.concepts if (m := c.provenance.get("model_id"))})
 
     def widths(self) -> dict[str, int]:
         return {c.site: c.width for c in self.concepts}

@@ -27,12 +27,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
 
 from .conceptset import Concept, ConceptSet, WidthMismatch, _code_version, _jsonable, provenance
 from .sae_data import DEFAULT_DATASETS, DEFAULT_SITE, ActivationSource, build_training_store, common_prefix_length
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 FORMAT = "workbench.sae/1"
 MANIFEST = "workbench.json"
@@ -108,7 +112,7 @@ class WorkbenchSAE:
     ``manifest`` the ``workbench.json`` content (training parameters and metrics) or, for a
     pretrained SAE, its release / id."""
 
-    sae: object
+    sae: SAE
     site: str
     model_id: str | None = None
     manifest: dict = field(default_factory=dict)
@@ -318,9 +322,13 @@ def train_sae(source, site: str | None = None, out: str | os.PathLike | None = N
         "covariance_whitening", "expected_average_only_in") else 0
 
     torch.manual_seed(seed)
-    cls, cfg_cls = ((TopKTrainingSAE, TopKTrainingSAEConfig) if architecture == "topk"
-                    else (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig))
-    sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=normalize_activations, device=device))
+    norm = cast(Literal["none", "expected_average_only_in", "layer_norm", "covariance_whitening"], normalize_activations)
+    sae: TopKTrainingSAE | BatchTopKTrainingSAE
+    if architecture == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=norm, device=device))
+    else:
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, normalize_activations=norm,
+                                                              device=device))
     sae.cfg.metadata.hook_name = data.site
     sae.cfg.metadata.model_name = model_id
     trainer_cfg = SAETrainerConfig(

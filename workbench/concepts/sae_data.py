@@ -90,6 +90,7 @@ class ActivationSource:
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.store is None:
+            assert self.tensor is not None  # a tensor source
             return self.tensor, self.record_index
         shard = self.store.manifest["shards"][i]
         with safe_open(str(self.store.path / shard["file"]), framework="pt") as f:

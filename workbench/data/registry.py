@@ -348,6 +348,8 @@ def _load_raw(name: str) -> tuple[Record, ...]:
     seen: set[str] = set()
     ids: set[str] = set()
     out = []
+    if info.loader is None:
+        raise TypeError(f"dataset {name!r} has no loader")
     for rec in info.loader(info, dataset_files(name)):
         if rec.prompt in seen:
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -74,7 +75,7 @@ def comparison_figure(runs: dict[str, dict]) -> go.Figure:
 
 
 def write_report(runs: dict[str, dict], out: str | Path, n_samples: int = 5,
-                 extra_rows: list[list[str]] = ()) -> Path:
+                 extra_rows: Sequence[Sequence[str]] = ()) -> Path:
     """Write ``report.html`` comparing runs (``{run name: load_metrics(...)}``); ``extra_rows``
     (``[name, metric, cell per run]``) are appended to the table."""
     if not runs:

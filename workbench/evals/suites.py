@@ -45,7 +45,7 @@ def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
     :data:`SIZES` or a number of prompts per suite."""
     if isinstance(size, bool) or not (size in SIZES or (isinstance(size, int) and size > 0)):
         raise ValueError(f"size must be one of {list(SIZES)} or a positive number of prompts, not {size!r}")
-    n = SIZES.get(size, size)
+    n = SIZES[size] if isinstance(size, str) else size
     harmful = [r for src in HARMFUL_SOURCES for r in load_dataset(src, split="test")]
     id_harmful = _sample(harmful, n, seed)
     used = {r.id for r in id_harmful}

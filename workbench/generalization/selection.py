@@ -12,7 +12,7 @@ what is left afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ def _auroc(scores: np.ndarray, y: np.ndarray) -> float:
     return float(roc_auc_score(y, scores))
 
 
-def attribute_scores(cs: ConceptSet, acts: dict[str, torch.Tensor], labels: dict[str, Sequence[int]]
+def attribute_scores(cs: ConceptSet, acts: dict[str, torch.Tensor], labels: Mapping[str, Sequence[int]]
                      ) -> list[dict]:
     """One row per concept: ``{name, site, index, <attribute>: folded AUROC, ...}``.
 
@@ -86,7 +86,7 @@ def probe_accuracy(x: torch.Tensor, y: Sequence[int], folds: int = 5, seed: int 
     return float(cross_val_score(clf, x.double().numpy(), np.asarray(y), cv=cv).mean())
 
 
-def leakage_check(acts: dict[str, torch.Tensor], ablate: Ablate, labels: dict[str, Sequence[int]]) -> list[dict]:
+def leakage_check(acts: dict[str, torch.Tensor], ablate: Ablate, labels: Mapping[str, Sequence[int]]) -> list[dict]:
     """Per ablated site and attribute: probe accuracy on the full activations and on their
     complement of the ablated subspace (``acts``: ``{site: [n, d]}``, one row per prompt)."""
     rows = []

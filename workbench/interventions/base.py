@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self, cast
 
 import torch
 from torch import nn
@@ -85,7 +86,7 @@ class Intervention(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Intervention:
+    def load(cls, path: str | Path) -> Self:
         """Load a saved intervention; on a subclass, the saved type must match."""
         from safetensors.torch import load_file
 
@@ -97,7 +98,7 @@ class Intervention(nn.Module):
             raise ValueError(f"{path / CONFIG_FILE}: not a workbench intervention file")
         kind = manifest["type"]
         if kind == "Compose" and cls in (Intervention, _REGISTRY["Compose"]):
-            return _REGISTRY["Compose"].load(path)
+            return cast(Self, _REGISTRY["Compose"].load(path))
         if kind not in _REGISTRY:
             raise ValueError(f"{path}: unknown intervention type {kind!r}; known: {sorted(_REGISTRY)}")
         target = _REGISTRY[kind]
@@ -105,7 +106,7 @@ class Intervention(nn.Module):
             raise TypeError(f"{path} holds a {kind}, not a {cls.__name__}")
         obj = target._from_saved(manifest["config"], load_file(str(path / TENSORS_FILE)))
         obj.model_id = manifest.get("model_id")
-        return obj
+        return cast(Self, obj)  # an instance of cls or of a subclass (checked above)
 
 
 def load_intervention(path: str | Path) -> Intervention:
@@ -199,7 +200,7 @@ class Compose(Intervention):
 
     def as_hooks(self, wb) -> dict:
         out: dict[str, list] = {}
-        for item in self.items:
+        for item in cast("Iterable[Intervention]", self.items):
             for site, fn in item.as_hooks(wb).items():
                 out.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
         return out
@@ -207,7 +208,7 @@ class Compose(Intervention):
     def save(self, path):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        for i, item in enumerate(self.items):
+        for i, item in enumerate(cast("Iterable[Intervention]", self.items)):
             item.save(path / f"{i:02d}_{type(item).__name__}")
         (path / CONFIG_FILE).write_text(json.dumps(
             {"format": FORMAT, "format_version": FORMAT_VERSION, "type": "Compose", "model_id": self.model_id,

@@ -46,7 +46,7 @@ class Ablate(Intervention, _Positional):
     site ``...hook_z[h]``, ``d_head``.
     """
 
-    def __init__(self, directions, mean: Mapping[str, torch.Tensor] | None = None, positions="all",
+    def __init__(self, directions, mean: Mapping[str, torch.Tensor] | None = None, positions: str | torch.Tensor = "all",
                  sites: Sequence[str] | None = None, model_id: str | None = None):
         super().__init__()
         if isinstance(directions, Mapping):
@@ -139,7 +139,7 @@ class Steer(Intervention, _Positional):
     """Activation addition at one site: ``x <- x + alpha * direction`` (``direction`` unit-normed
     first with ``normalize=True``)."""
 
-    def __init__(self, site: str, direction: torch.Tensor, alpha: float = 1.0, positions="all",
+    def __init__(self, site: str, direction: torch.Tensor, alpha: float = 1.0, positions: str | torch.Tensor = "all",
                  normalize: bool = False, model_id: str | None = None):
         super().__init__()
         direction = torch.as_tensor(direction).detach().float().cpu()

@@ -56,6 +56,8 @@ def encode(wb, records: Sequence[Record], cutoff_len: int) -> list[dict]:
     for r in records:
         # A token spans a few characters: cut very long responses before the chat formatter
         # (whose max_length is 1024 tokens); the token cut below is the exact one.
+        if r.response is None:
+            raise ValueError(f"{r.id}: no response to train on")
         response = r.response[: 16 * cutoff_len]
         try:
             batch = wb.tokenize([r.prompt], [response], padding_side="right")

@@ -101,7 +101,9 @@ def _trainer_classes():
         def _save(self, output_dir=None, state_dict=None):
             if not self.args.should_save:  # only the main process writes (accelerate launch)
                 return
-            output_dir = Path(output_dir or self.args.output_dir)
+            output_dir = output_dir or self.args.output_dir
+            assert output_dir is not None  # TrainingArguments always has one (the run folder)
+            output_dir = Path(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             self.method.save_trainables(output_dir)
             (output_dir / "training_args.json").write_text(self.args.to_json_string())

@@ -56,7 +56,7 @@ def _half(items: list, split: str, seed: str) -> list:
     return items[k:] if split == "train" else items[:k]
 
 
-def _agreement(rng: random.Random, split: str) -> tuple[str, str, str]:
+def _agreement(rng: random.Random, split: str) -> tuple[str, str, str, str]:
     noun = rng.choice(_half(_NOUNS, split, "agree-nouns"))
     place = rng.choice(_PLACES)
     adj = rng.choice(rng.choice(_ADJ))
@@ -66,7 +66,7 @@ def _agreement(rng: random.Random, split: str) -> tuple[str, str, str]:
         ("plural" if plural else "singular")
 
 
-def _pronoun(rng: random.Random, split: str) -> tuple[str, str, str]:
+def _pronoun(rng: random.Random, split: str) -> tuple[str, str, str, str]:
     case = rng.choice(["subject", "object"])
     frame = rng.choice(_half(_SUBJ_FRAMES if case == "subject" else _OBJ_FRAMES, split, f"pron-{case}"))
     gender = rng.choice(["male", "female"])
@@ -74,7 +74,7 @@ def _pronoun(rng: random.Random, split: str) -> tuple[str, str, str]:
     return frame, _CASE[case][gender], _CASE[other][gender], case
 
 
-def _sentiment(rng: random.Random, split: str) -> tuple[str, str, str]:
+def _sentiment(rng: random.Random, split: str) -> tuple[str, str, str, str]:
     positive = rng.random() < 0.5
     verb = rng.choice(_half(_POS if positive else _NEG, split, f"senti-{positive}"))
     thing = rng.choice(_THINGS)
@@ -83,7 +83,7 @@ def _sentiment(rng: random.Random, split: str) -> tuple[str, str, str]:
     return f"Is this review positive or negative? \"{who} {verb} {thing}.\"", good, bad, good
 
 
-def _compare(rng: random.Random, split: str) -> tuple[str, str, str]:
+def _compare(rng: random.Random, split: str) -> tuple[str, str, str, str]:
     pool = _half(list(range(2, 100)), split, "compare-numbers")
     x, y = rng.sample(pool, 2)
     return f"Which is larger, {x} or {y}?", str(max(x, y)), str(min(x, y)), ("first" if x > y else "second")

@@ -64,7 +64,7 @@ def _examples(records: Sequence[Record], max_records: int = MAX_RECORDS, max_cha
     recs = [r for r in records if r.response][:max_records]
     if not recs:
         raise ValueError("no training record has a response")
-    return [r.prompt for r in recs], [r.response[:max_chars] for r in recs]
+    return [r.prompt for r in recs], [r.response[:max_chars] for r in recs if r.response is not None]
 
 
 def _read_prompts(name: str):
@@ -270,7 +270,13 @@ def steering_vectors(dirs: dict, signs_from: dict | None, coef: float, norms: di
     return out
 
 
-class CaftMixin:
+if TYPE_CHECKING:
+    _MixinBase = Method  # the mixin's attributes and super() calls are its base method's
+else:
+    _MixinBase = object
+
+
+class CaftMixin(_MixinBase):
     """Directions found in :meth:`prepare`, ablated (or added) while training; the trained state is
     its base method's (LoRA adapter or full weights), so applying a finished run is the base's."""
 
@@ -288,7 +294,7 @@ class CaftMixin:
              "finetuning_type 'caft' needs caft_layers (ablate at blocks.{l}.hook_resid_post) or caft_concepts")
         if recipe.caft_n_directions is not None:
             need(recipe.caft_n_directions > 0, "caft_n_directions must be > 0")
-            need(recipe.caft_directions != "diffmeans" or recipe.caft_n_directions == 1 or recipe.caft_concepts,
+            need(bool(recipe.caft_directions != "diffmeans" or recipe.caft_n_directions == 1 or recipe.caft_concepts),
                  "caft_directions 'diffmeans' gives one direction per layer; set caft_n_directions: 1 "
                  "or use random / pca")
         need(recipe.caft_directions != "pca_diff" or recipe.caft_concepts is not None
@@ -318,19 +324,22 @@ class CaftMixin:
         if r.caft_concepts is not None:
             dirs, mean = load_concepts(r.caft_concepts, caft_sites(layers) if layers else None)
             source = f"file:{r.caft_concepts}"
-        elif r.caft_directions == "diffmeans":
-            dirs = diffmeans_directions(wb, self.records, layers, r.caft_position
-                                        if r.caft_position != "response" else "post_instruction_mean",
-                                        r.caft_contrast)
-            source = "diffmeans" + (f":{r.caft_contrast}" if r.caft_contrast else "")
-        elif r.caft_directions == "random":
-            dirs, source = random_directions(wb, layers, k, r.seed), "random"
-        elif r.caft_directions == "pca":
-            dirs, source = pca_directions(wb, self.records, layers, k, r.caft_position, 4 * r.cutoff_len), "pca"
         else:
-            dirs = pca_diff_directions(wb, self.records, layers, k, r.caft_reference_run, r.caft_position,
-                                       4 * r.cutoff_len)
-            source = f"pca_diff:{r.caft_reference_run}"
+            assert layers is not None  # validate(): caft_layers is required without caft_concepts
+            if r.caft_directions == "diffmeans":
+                dirs = diffmeans_directions(wb, self.records, layers, r.caft_position
+                                            if r.caft_position != "response" else "post_instruction_mean",
+                                            r.caft_contrast)
+                source = "diffmeans" + (f":{r.caft_contrast}" if r.caft_contrast else "")
+            elif r.caft_directions == "random":
+                dirs, source = random_directions(wb, layers, k, r.seed), "random"
+            elif r.caft_directions == "pca":
+                dirs, source = pca_directions(wb, self.records, layers, k, r.caft_position, 4 * r.cutoff_len), "pca"
+            else:
+                assert r.caft_reference_run is not None  # validate(): pca_diff needs caft_reference_run
+                dirs = pca_diff_directions(wb, self.records, layers, k, r.caft_reference_run, r.caft_position,
+                                           4 * r.cutoff_len)
+                source = f"pca_diff:{r.caft_reference_run}"
         sites = list(dirs)
         probe = Ablate(dirs, model_id=wb.model_id)
         probe.check(wb)  # sites and widths against the model, before any capture or training

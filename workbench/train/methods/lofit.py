@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -131,7 +131,8 @@ class LofitMethod(Method):
         r = self.recipe
         if r.lofit_heads_path is not None:
             return load_heads_file(r.lofit_heads_path, self.wb, k=r.lofit_topk_heads)
-        warm = HeadBias.load(Path(r.warm_start_from) / BIAS_DIR)  # validate() made sure one is set
+        assert r.warm_start_from is not None  # validate() made sure one is set
+        warm = HeadBias.load(Path(r.warm_start_from) / BIAS_DIR)
         return [(l, h, float("nan")) for l, h in warm.head_list]
 
     def warm_start(self, run_dir: Path) -> None:
@@ -156,7 +157,7 @@ class LofitMethod(Method):
     def extra_loss(self) -> dict[str, torch.Tensor]:
         if self.recipe.lofit_component != "A" or self.recipe.lofit_l1_lambda == 0:
             return {}
-        l1 = sum(p.abs().sum() for p in self.intervention.parameters())
+        l1 = cast(torch.Tensor, sum(p.abs().sum() for p in self.intervention.parameters()))  # never empty
         return {"l1_penalty": self.recipe.lofit_l1_lambda * l1}
 
     def _dir(self) -> str:

@@ -56,7 +56,8 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, d
     """Wrap ``model`` with fresh LoRA layers (in place) and return the ``PeftModel``."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+    config = LoraConfig(r=rank, lora_alpha=alpha,  # pyright: ignore[reportArgumentType]  # peft types lora_alpha int; floats work
+                        lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
                         target_modules=lora_target_regex(model, targets))
     with warnings.catch_warnings():  # peft asks a deprecated transformers property; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
