@@ -18,14 +18,15 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     head = plan[next(k for k in plan if k.endswith("lofit/head.yaml"))]
     bias = plan[next(k for k in plan if k.endswith("lofit/bias_tuning.yaml"))]
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
+    tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 5  # head selection is shared by lofit and coca and runs once
+    assert len(plan) == 6  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
-    assert think.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
+    assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
     assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 60 for r in plan.values())
     assert runs == {"sft": str(tmp_path / "train/sft/lora"), "caft": str(tmp_path / "train/caft/diffmeans"),
-                    "lofit": bias.output_dir, "coca": think.output_dir}
+                    "lofit": bias.output_dir, "coca": think.output_dir, "coca_tagged": tagged.output_dir}
     quick = Experiment.from_yaml(default_experiment(), quick=True)
     assert quick.eval_size == "tiny" and quick.train_overrides["max_steps"] < exp.train_overrides["max_steps"]
 
@@ -54,7 +55,8 @@ def _tiny_experiment(tmp_path) -> Path:
         "caft/dm.yaml": {"finetuning_type": "caft", "caft_directions": "diffmeans", "caft_layers": [1]},
         "lofit/head.yaml": {"finetuning_type": "lofit", "lofit_component": "A", "lofit_topk_heads": 2,
                             "lofit_heads_path": "runs/heads.json", "output_dir": "runs/head"},
-        "lofit/bias.yaml": {"finetuning_type": "lofit", "lofit_component": "v", "lofit_heads_path": "runs/heads.json"},
+        "lofit/bias.yaml": {"finetuning_type": "lofit", "lofit_component": "v", "lofit_heads_path": "runs/heads.json",
+                            "coca_variant": "tagged"},  # COCA's tagged template: adherence is reported
     }
     for name, r in recipes.items():
         path = tmp_path / "recipes" / name
@@ -86,6 +88,12 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
     assert "| metric | baseline | sft | caft | lofit |" in table and "after LEACE, layer 1" in table
     assert "probe accuracy before / after LEACE" in report.read_text()
     assert "| substring | 1.000 |" in table  # the phrase judge never calls a compliance a refusal
+    # the COCA run (tagged template) has its format adherence over every harmful / benign generation
+    lofit = results["results"]["lofit"]["suites"]
+    n_gen = sum(len(m["samples"]) for m in lofit.values() if m.get("kind") in ("refusal", "attack", "compliance",
+                                                                                  "overrefusal"))
+    assert lofit["coca_adherence"]["n"] == n_gen > 0 and 0 <= lofit["coca_adherence"]["value"] <= 1
+    assert "| COCA format adherence (generations) | – | – | – | " in table
     assert set(results["judges"]) == {"substring", "probe (layer 1)"}
     # paired tests: each generation suite x each of the 6 pairs of runs, on the same prompts
     gen_suites = [s for s, m in results["results"]["baseline"]["suites"].items() if m.get("samples")]

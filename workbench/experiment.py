@@ -43,7 +43,8 @@ BASELINE = "baseline"
 SUMMARY_ROWS = [("id_harmful", "refusal rate (ID harmful)"), ("ood_template", "attack success: templates"),
                 ("ood_gcg", "attack success: GCG suffixes"), ("ood_encoding", "attack success: encodings"),
                 ("benign", "benign compliance"), ("overrefusal", "over-refusal"), ("gsm8k", "GSM8K exact match"),
-                ("mmlu", "MMLU accuracy"), ("perplexity", "perplexity (benign answers)")]
+                ("mmlu", "MMLU accuracy"), ("perplexity", "perplexity (benign answers)"),
+                ("coca_adherence", "COCA format adherence (generations)")]
 
 
 class ExperimentError(ValueError):
@@ -218,9 +219,9 @@ def erasure(exp: Experiment, wb, out: Path, hooks=None) -> list[dict]:
 
 def evaluate_run(exp: Experiment, name: str, run_dir: str | None, out: Path) -> dict:
     """Steps 5 and 6 for the untouched model (``run_dir=None``) or one training run."""
-    from .evals import build_suites, evaluate, load_metrics, save_metrics
+    from .evals import SubstringJudge, build_suites, evaluate, load_metrics, save_metrics
     from .model import Workbench
-    from .train import apply_run
+    from .train import RunFolder, apply_run, coca
 
     eval_path = out / "eval" / name / "eval.json"
     erasure_dir = out / "erasure" / name
@@ -229,9 +230,16 @@ def evaluate_run(exp: Experiment, name: str, run_dir: str | None, out: Path) -> 
     wb = Workbench.load(exp.model)
     deployed = apply_run(run_dir, wb) if run_dir else {}
     if not eval_path.is_file():
+        # a COCA model reasons before it answers: more tokens, the judge reads the answer, adherence
+        variant = RunFolder(run_dir).config["recipe"].get("coca_variant") if run_dir else None
+        reasons = variant in coca.REASONING_VARIANTS
+        extra = coca.reasoning_budget(variant)
         with wb.hooks(deployed):
-            metrics = evaluate(wb, build_suites(exp.eval_size, exp.seed), max_new_tokens=exp.max_new_tokens,
-                               gsm8k_tokens=exp.gsm8k_tokens)
+            metrics = evaluate(wb, build_suites(exp.eval_size, exp.seed), max_new_tokens=exp.max_new_tokens + extra,
+                               gsm8k_tokens=exp.gsm8k_tokens + extra,
+                               judge=coca.answer_judge(SubstringJudge()) if reasons else None)
+        if reasons:
+            metrics["coca_adherence"] = coca.suite_adherence(metrics)
         save_metrics(metrics, eval_path, wb.model_id, str(exp.eval_size), exp.seed)
     result = load_metrics(eval_path)
     result["erasure"] = erasure(exp, wb, erasure_dir, deployed)
@@ -249,9 +257,10 @@ def results_table(results: dict[str, dict], train_info: dict[str, dict]) -> str:
     """A markdown table: one row per metric, one column per run."""
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for suite, label in SUMMARY_ROWS:
-        if all(suite in r["suites"] for r in results.values()):
-            lines.append(f"| {label} | " + " | ".join(_cell(results[n]["suites"][suite]) for n in names) + " |")
+    for suite, label in SUMMARY_ROWS:  # a row any run has (COCA's adherence: COCA runs only)
+        if any(suite in r["suites"] for r in results.values()):
+            lines.append(f"| {label} | " + " | ".join(_cell(results[n]["suites"][suite]) if suite in results[n]["suites"]
+                                                       else "–" for n in names) + " |")
     sites = [row["site"] for row in next(iter(results.values()))["erasure"]]
     for i, site in enumerate(sites):
         layer = site.split(".")[1]

@@ -47,10 +47,10 @@ def _fmt(v: float) -> str:
 
 def comparison_table(runs: dict[str, dict]) -> list[list[str]]:
     """Rows ``[suite, metric, run1, run2, ...]`` with ``value [ci_low, ci_high]`` cells."""
-    suites = list(next(iter(runs.values()))["suites"])
+    suites = list(dict.fromkeys(s for data in runs.values() for s in data["suites"]))  # every run's, in order
     rows = []
     for s in suites:
-        first = next(iter(runs.values()))["suites"][s]
+        first = next(data["suites"][s] for data in runs.values() if s in data["suites"])
         cells = []
         for data in runs.values():
             m = data["suites"].get(s, {})

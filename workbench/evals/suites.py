@@ -153,11 +153,12 @@ METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "com
 
 
 def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 64,
-             progress: bool = True, gsm8k_tokens: int = 256) -> dict[str, dict]:
-    """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``."""
+             progress: bool = True, gsm8k_tokens: int = 256, judge=None) -> dict[str, dict]:
+    """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``.
+    ``judge(prompts, responses) -> bool array`` (True = refused) defaults to :class:`SubstringJudge`."""
     out = {}
     with torch.no_grad():
         for name, suite in tqdm(suites.items(), desc="evaluate", disable=not progress):
             out[name] = {"metric": METRIC_NAMES[suite.kind], "kind": suite.kind,
-                         **run_suite(wb, suite, max_new_tokens, batch_size, gsm8k_tokens=gsm8k_tokens)}
+                         **run_suite(wb, suite, max_new_tokens, batch_size, judge=judge, gsm8k_tokens=gsm8k_tokens)}
     return out
