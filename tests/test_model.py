@@ -144,3 +144,26 @@ def test_hook_of_wrong_shape_names_the_site(wb, prompts):
         with wb.hooks({"blocks.2.attn.hook_z[1]": lambda t, s: [0.0]}):
             wb.forward(batch)
     assert torch.equal(wb.forward(batch), clean)  # nothing left installed
+
+
+def test_next_token_logprobs_and_grad_forward_against_plain_hf(wb, hf_model, prompts):
+    batch = wb.tokenize(prompts)
+    ref = _hf_hidden(hf_model, batch)[0][:, -1].double().log_softmax(-1)  # left padded: last = next token
+    first = [wb.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", " Yes", "No")]
+    lp = wb.next_token_logprobs(prompts, [["Yes", " Yes"], "No"], batch_size=3)
+    assert lp.shape == (len(prompts), 2)
+    torch.testing.assert_close(lp[:, 0].double(), ref[:, sorted(set(first[:2]))].logsumexp(-1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lp[:, 1].double(), ref[:, first[2]], atol=1e-4, rtol=0)
+    own = wb.next_token_logprobs(prompts[:2], [["Yes", "No"], ["No", "Yes"]], per_prompt=True)
+    want = torch.stack([ref[0, [first[0], first[2]]], ref[1, [first[2], first[0]]]])
+    torch.testing.assert_close(own.double(), want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        wb.next_token_logprobs(prompts[:2], [["Yes"], ["No", "Yes"]], per_prompt=True)
+    # grad=True keeps the graph (and the same numbers); the default does not
+    logits = wb.forward(prompts[:1], grad=True)
+    assert logits.requires_grad and not wb.forward(prompts[:1]).requires_grad
+    logits[0, -1].logsumexp(-1).backward()
+    emb = wb.model.get_input_embeddings().weight
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    wb.model.zero_grad(set_to_none=True)
+    assert wb.backend.persistent_hooks and wb.backend.installed_count() == 0

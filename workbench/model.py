@@ -163,17 +163,47 @@ class Workbench:
         """Chat-format and tokenize; see :class:`workbench.chat.ChatBatch` for the masks."""
         return self.chat.encode(prompts, responses, padding_side=padding_side)
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
         return next(self.model.parameters()).device
 
-    def forward(self, inputs: Sequence[str] | ChatBatch, hooks=None) -> torch.Tensor:
-        """Logits ``[batch, pos, vocab]`` for prompts (chat-formatted, left-padded) or a batch."""
+    def forward(self, inputs: Sequence[str] | ChatBatch, hooks=None, grad: bool = False) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` for prompts (chat-formatted, left-padded) or a batch.
+        ``grad=True`` keeps the autograd graph (attribution, training a probe through the model)."""
         batch = inputs if isinstance(inputs, ChatBatch) else self.tokenize(inputs)
-        batch = batch.to(self._device())
-        with torch.no_grad():
+        batch = batch.to(self.device)
+        with torch.enable_grad() if grad else torch.no_grad():
             out = self.backend.run(batch.input_ids, batch.attention_mask,
                                    self._backend_hooks(hooks) if hooks else ())
         return out.logits
+
+    def next_token_logprobs(self, prompts: Sequence[str], options: Sequence, hooks=None, batch_size: int = 32,
+                            per_prompt: bool = False, progress: bool = False) -> torch.Tensor:
+        """``[n, k]`` log-probabilities of ``k`` options as the assistant's first token after each
+        prompt (from :meth:`next_token_logits`). An option is a string (its first token counts) or a
+        list of strings (their first tokens' probabilities are summed, e.g. ``["Yes", " Yes"]``).
+        ``options`` is one list of ``k`` options for every prompt, or, with ``per_prompt=True``,
+        one such list per prompt."""
+        rows = list(options) if per_prompt else [options] * len(prompts)
+        if len(rows) != len(prompts):
+            raise ValueError(f"per_prompt options: {len(rows)} lists for {len(prompts)} prompts")
+        ids = [[self._option_ids(opt) for opt in row] for row in rows]
+        if not ids or len({len(r) for r in ids}) > 1 or not ids[0]:
+            raise ValueError("every prompt needs the same, non-zero number of options")
+        logprobs = self.next_token_logits(prompts, hooks=hooks, batch_size=batch_size,
+                                          progress=progress).float().log_softmax(-1)
+        return torch.stack([torch.stack([logprobs[i, opt].logsumexp(-1) for opt in row]) for i, row in enumerate(ids)])
+
+    def _option_ids(self, option: str | Sequence[str]) -> list[int]:
+        words = [option] if isinstance(option, str) else list(option)
+        ids = []
+        for w in words:
+            toks = self.tokenizer(w, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise ValueError(f"option {w!r} has no tokens")
+            ids.append(toks[0])
+        return sorted(set(ids))
 
     def next_token_logits(self, prompts: Sequence[str], hooks=None, batch_size: int = 32,
                           progress: bool = False) -> torch.Tensor:
@@ -183,14 +213,14 @@ class Workbench:
         if len(prompts) == 0:
             raise ValueError("no prompts to score")
         rows = []
-        fast = self.backend.name == "transformer_lens"
+        fast = self.backend.persistent_hooks  # installed hooks fire in the exact shortcut too
         with self.hooks(hooks) if hooks is not None else nullcontext():
             for lo in tqdm(range(0, len(prompts), batch_size), desc="score", disable=not progress):
                 chunk = list(prompts[lo:lo + batch_size])
                 if not fast:
                     rows.append(self.forward(chunk)[:, -1].float().cpu())
                     continue
-                batch = self.tokenize(chunk, padding_side="right").to(self._device())
+                batch = self.tokenize(chunk, padding_side="right").to(self.device)
                 with torch.no_grad():
                     hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)
                     last = hidden[torch.arange(len(chunk)), batch.last_index.to(hidden.device)]
@@ -221,11 +251,11 @@ class Workbench:
         for lo in range(start, len(prompts), batch_size):
             hi = min(lo + batch_size, len(prompts))
             batch = self.tokenize(prompts[lo:hi], None if responses is None else responses[lo:hi])
-            batch = batch.to(self._device())
+            batch = batch.to(self.device)
             acts = Activations()
             # A named token's activations depend only on the tokens up to it (causal models): run the
             # batch only that far.
-            index = token_index(batch, position).to(self._device()) if position.startswith(TOKEN_PREFIX) else None
+            index = token_index(batch, position).to(self.device) if position.startswith(TOKEN_PREFIX) else None
             cut = int(index.max()) + 1 if index is not None else None
 
             def grab(t: torch.Tensor, name: str, batch=batch, acts=acts, index=index) -> None:
@@ -268,10 +298,11 @@ class Workbench:
         (shared prefix once, finished rows leave the batch; without installed hooks a cached SDPA
         decode loop; the same tokens as HF ``generate``); sampling, extra ``generate`` kwargs or
         another backend use HF ``generate`` (left-padded)."""
-        if self.backend.name != "transformer_lens" and getattr(self.backend, "_installed", None):
-            raise NotImplementedError("generation with installed hooks needs the transformer_lens backend")
-        greedy = not do_sample and not kwargs and self.backend.name == "transformer_lens"
-        hook_free = greedy and cast("TransformerLensBackend", self.backend).installed == 0 and fast_path_ok(self.model)
+        if not self.backend.persistent_hooks and self.backend.installed_count():
+            raise NotImplementedError(f"generation with installed hooks needs a backend whose hooks fire inside "
+                                      f"generate (transformer_lens), not {self.backend.name}")
+        greedy = not do_sample and not kwargs and self.backend.persistent_hooks
+        hook_free = greedy and self.backend.installed_count() == 0 and fast_path_ok(self.model)
         eos = eos_token_ids(self.model, self.tokenizer)
         # Batch prompts of similar length together (less padding); answers return in input order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -279,7 +310,7 @@ class Workbench:
         for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
             idx = order[lo:lo + batch_size]
             batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if greedy else "left")
-            batch = batch.to(self._device())
+            batch = batch.to(self.device)
             if greedy:
                 new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos,
                                     fast=hook_free)

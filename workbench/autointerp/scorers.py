@@ -25,8 +25,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from .examples import Example, TokenContexts, feature_for, make_example, top_examples
 from .explainers import STOPWORDS, words
 
@@ -99,9 +97,6 @@ class LocalModelScorer:
 
     def __init__(self, wb, batch_size: int = 8, max_chars: int = 400, threshold: float = 0.0):
         self.wb, self.batch_size, self.max_chars, self.threshold = wb, batch_size, max_chars, threshold
-        tok = wb.tokenizer
-        self.yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes")]
-        self.no = [tok.encode(w, add_special_tokens=False)[0] for w in ("No", " No")]
 
     @property
     def name(self) -> str:
@@ -109,13 +104,8 @@ class LocalModelScorer:
 
     def score(self, label: str, texts: Sequence) -> list[float]:
         prompts = [self.PROMPT.format(text=_text(t)[-self.max_chars:], label=label) for t in texts]
-        out: list[float] = []
-        for lo in range(0, len(prompts), self.batch_size):
-            logits = self.wb.forward(prompts[lo:lo + self.batch_size])[:, -1].float()  # left padded
-            yes = torch.logsumexp(logits[:, self.yes], -1)
-            no = torch.logsumexp(logits[:, self.no], -1)
-            out.extend((yes - no).tolist())
-        return out
+        lp = self.wb.next_token_logprobs(prompts, [["Yes", " Yes"], ["No", " No"]], batch_size=self.batch_size)
+        return (lp[:, 0] - lp[:, 1]).tolist()
 
 
 DETECT_SYSTEM = ("You are an intelligent and meticulous linguistics researcher. You are given a description "

@@ -20,8 +20,15 @@ class StopForward(Exception):
 
 
 class Backend(ABC):
+    """Forward passes of one HF model with hooks at site names.
+
+    Capabilities (class flags, read instead of backend names): ``persistent_hooks``, installed
+    hooks fire on every call of the HF model itself (``generate``, the HF Trainer, the exact
+    shortcuts of :mod:`workbench._forward`), not only inside :meth:`run`."""
+
     name: str
     valid_hooks: set[str]
+    persistent_hooks: bool = False
 
     def __init__(self, model, tokenizer, model_id: str):
         self.model = model
@@ -45,6 +52,10 @@ class Backend(ABC):
         Returns the HF output (``.logits`` [batch, pos, vocab]); ``None`` if a hook raised
         :class:`StopForward`.
         """
+
+    def installed_count(self) -> int:
+        """How many hooks :meth:`install` has active right now."""
+        return 0
 
     def hook_count(self) -> int:
         """How many hook functions are attached right now (a leak check)."""

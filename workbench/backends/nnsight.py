@@ -76,6 +76,9 @@ class NNsightBackend(Backend):
         }
         self._installed: list[tuple[str, HookFn]] = []
 
+    def installed_count(self) -> int:
+        return len(self._installed)
+
     @contextmanager
     def install(self, hooks: Sequence[tuple[str, HookFn]]):
         # nnsight has no persistent hooks: installed ones are applied inside every `run`.

@@ -24,6 +24,10 @@ class TransformerLensBackend(Backend):
         self.valid_hooks = set(self.points)
 
     installed = 0  # hooks installed through install() and not yet removed
+    persistent_hooks = True  # HookPoints fire on every call of the model (generate, Trainer, _forward)
+
+    def installed_count(self) -> int:
+        return self.installed
 
     @contextmanager
     def install(self, hooks: Sequence[tuple[str, HookFn]]):

@@ -116,13 +116,12 @@ def latent_attributions(saes: Sequence, wb, prompts: Sequence[str], responses: S
     fn, _ = _loss_fn(loss)
     if loss == "response_nll" and responses is None:
         raise ValueError("loss='response_nll' needs responses; use loss='nll' for prompts alone")
-    device = wb._device() if hasattr(wb, "_device") else torch.device("cpu")
     decoders = {w.site: w.W_dec.float().cpu() for w in ws}
     total = {w.site: torch.zeros(w.d_sae, dtype=torch.float64) for w in ws}
     count = 0
     for lo in tqdm(range(0, len(prompts), batch_size), desc="attribution", disable=not progress):
         batch = wb.tokenize(prompts[lo:lo + batch_size], None if responses is None else responses[lo:lo + batch_size])
-        batch = batch.to(device)
+        batch = batch.to(wb.device)
         held: dict[str, torch.Tensor] = {}
 
         def leaf(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -131,9 +130,9 @@ def latent_attributions(saes: Sequence, wb, prompts: Sequence[str], responses: S
             held[name] = t if t.requires_grad else t.detach().requires_grad_(True)
             return held[name]
 
-        with torch.enable_grad(), wb.hooks({w.site: leaf for w in ws}):
-            out = wb.backend.run(batch.input_ids, batch.attention_mask)
-            value = fn(out.logits, batch)
+        with torch.enable_grad():
+            logits = wb.forward(batch, hooks={w.site: leaf for w in ws}, grad=True)
+            value = fn(logits, batch)
             grads = torch.autograd.grad(value, [held[w.site] for w in ws])
         mask = (batch.response_mask if loss == "response_nll" else batch.attention_mask).bool()
         n = int(mask.sum())

@@ -110,19 +110,21 @@ def refusal_token_ids(tokenizer) -> list[int]:
     return sorted({tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in REFUSAL_STARTS})
 
 
+def log_odds(logprob: torch.Tensor) -> torch.Tensor:
+    """``log p - log(1 - p)`` from ``log p``."""
+    return logprob - torch.log1p(-logprob.exp().clamp(max=1 - 1e-6))
+
+
 def refusal_log_odds(logits: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
     """``[n]`` log-odds ``log p - log(1 - p)``, ``p`` = the next-token probability of ``ids``, from
     next-token logits ``[n, vocab]``."""
-    p = logits.float().log_softmax(-1)[:, list(ids)].logsumexp(-1)
-    return p - torch.log1p(-p.exp().clamp(max=1 - 1e-6))
+    return log_odds(logits.float().log_softmax(-1)[:, list(ids)].logsumexp(-1))
 
 
 def refusal_score(wb, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """``[n]`` log-odds that the first response token opens a refusal (one of
     ``REFUSAL_STARTS``' first tokens), from the next-token distribution after the prompt."""
-    ids = refusal_token_ids(wb.tokenizer)
-    return torch.cat([refusal_log_odds(wb.forward(list(prompts[lo:lo + batch_size]))[:, -1], ids)
-                      for lo in range(0, len(prompts), batch_size)])
+    return log_odds(wb.next_token_logprobs(prompts, [list(REFUSAL_STARTS)], batch_size=batch_size)[:, 0])
 
 
 def judge_report(wb, seed: int = 0) -> dict[str, dict[str, float]]:

@@ -104,11 +104,8 @@ def _last_number(text: str) -> str | None:
 
 def _mmlu(wb, suite: Suite, batch_size: int) -> dict:
     """Accuracy by the answer letter with the highest next-token log-probability."""
-    letters = [wb.tokenizer(f"{c}", add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
     prompts = [f"{r.prompt}\nAnswer with the letter of the correct option." for r in suite.records]
-    picks = []
-    for lo in range(0, len(prompts), batch_size):
-        picks += wb.forward(prompts[lo:lo + batch_size])[:, -1, letters].argmax(-1).tolist()
+    picks = wb.next_token_logprobs(prompts, list("ABCD"), batch_size=batch_size).argmax(-1).tolist()
     return _rate(np.array(["ABCD"[p] == r.meta["answer"] for p, r in zip(picks, suite.records)]))
 
 

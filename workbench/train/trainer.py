@@ -240,7 +240,7 @@ def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, pr
     if recipe.warm_start_from:
         method.warm_start(Path(recipe.warm_start_from))
     hooks = method.training_hooks()
-    if hooks is not None and wb.backend.name != "transformer_lens":
+    if hooks is not None and not wb.backend.persistent_hooks:
         raise RecipeError(f"finetuning_type {recipe.finetuning_type!r} installs hooks during training, which "
                           f"needs the transformer_lens backend (this Workbench uses {wb.backend.name!r})")
     module = TrainModule(method.core, method.extras)
