@@ -20,18 +20,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from workbench import plots
+from workbench.concepts import diff_means
 from workbench.probes import (
-    diff_means_directions,
     diff_means_separation,
     drop_dimensions,
     fit_logreg_batched,
     make_folds,
     massive_dimensions,
-    parse_site,
     probe_sweep,
     probe_transfer,
     split_heads,
 )
+from workbench.sites import split_site
 from workbench.stats import auroc_weighted, wilson_interval
 
 STRENGTHS = (0.0, 0.4, 1.0, 4.0)  # planted-concept strength per "layer": chance .. easy
@@ -74,17 +74,17 @@ def sweeps(data):
 
 
 # ----------------------------------------------------------------------------- site names
-def test_parse_site():
-    assert parse_site("blocks.12.hook_resid_post") == ("resid_post", 12, None)
-    assert parse_site("blocks.0.hook_resid_pre") == ("resid_pre", 0, None)
-    assert parse_site("blocks.3.hook_resid_mid") == ("resid_mid", 3, None)
-    assert parse_site("blocks.29.hook_attn_out") == ("attn_out", 29, None)
-    assert parse_site("blocks.7.hook_mlp_out") == ("mlp_out", 7, None)
-    assert parse_site("blocks.12.attn.hook_z[3]") == ("z", 12, 3)
-    assert parse_site("blocks.12.attn.hook_z") == ("z", 12, None)
+def test_split_site():
+    assert split_site("blocks.12.hook_resid_post") == ("resid_post", 12, None)
+    assert split_site("blocks.0.hook_resid_pre") == ("resid_pre", 0, None)
+    assert split_site("blocks.3.hook_resid_mid") == ("resid_mid", 3, None)
+    assert split_site("blocks.29.hook_attn_out") == ("attn_out", 29, None)
+    assert split_site("blocks.7.hook_mlp_out") == ("mlp_out", 7, None)
+    assert split_site("blocks.12.attn.hook_z[3]") == ("z", 12, 3)
+    assert split_site("blocks.12.attn.hook_z") == ("z", 12, None)
     for bad in ("hook_embed", "blocks.x.hook_resid_post", "blocks.1.attn.hook_z[a]", "resid_post"):
         with pytest.raises(ValueError, match="cannot parse site"):
-            parse_site(bad)
+            split_site(bad)
 
 
 def test_split_heads():
@@ -207,11 +207,11 @@ def test_weighted_auroc_equals_explicit_resampling():
 # ----------------------------------------------------------------------------- baselines and dims
 def test_diff_means_direction_and_separation(data):
     feats, y = data
-    dirs = diff_means_directions(feats, y)
+    dirs = diff_means(feats, y)  # the concepts' difference of means, against numpy
     for s, x in feats.items():
         xn, yn = x.double().numpy(), y.numpy()
         v = xn[yn == 1].mean(0) - xn[yn == 0].mean(0)
-        np.testing.assert_allclose(dirs[s].double().numpy(), v / np.linalg.norm(v), atol=1e-6)
+        np.testing.assert_allclose(dirs.directions(s)[0].double().numpy(), v / np.linalg.norm(v), atol=1e-6)
     df = diff_means_separation(feats, y).set_index("site")
     assert df.loc["blocks.3.attn.hook_z[0]", "accuracy"] > 0.9
     assert abs(df.loc["blocks.0.attn.hook_z[0]", "accuracy"] - 0.5) < 0.1

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._log import get_logger
 from .models import DEFAULT_MODEL
-from .sites import expand_sites
+from .sites import expand_sites, site_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -177,8 +177,8 @@ def cache_and_probe(exp: Experiment, wb, out: Path) -> pd.DataFrame:
     records = _records(exp, "train", exp.n_per_class)
     sites = expand_sites(exp.probe_sites, wb.n_layers)
     for l in exp.concept_layers:  # the concept sites are cached too
-        if f"blocks.{l}.hook_resid_post" not in sites:
-            sites.append(f"blocks.{l}.hook_resid_post")
+        if site_name(l) not in sites:
+            sites.append(site_name(l))
     store = ActivationStore.build(out / "activations", wb, [r.prompt for r in records], sites,
                                   position=exp.position, labels=[r.label for r in records],
                                   ids=[r.id for r in records])
@@ -188,7 +188,7 @@ def cache_and_probe(exp: Experiment, wb, out: Path) -> pd.DataFrame:
     concepts = out / "concepts" / "harmful.safetensors"
     if not concepts.is_file():
         concepts.parent.mkdir(parents=True, exist_ok=True)
-        cs = diff_means(store, sites=[f"blocks.{l}.hook_resid_post" for l in exp.concept_layers],
+        cs = diff_means(store, sites=[site_name(l) for l in exp.concept_layers],
                         label="harmful - benign")
         cs.save(concepts)
     return table
@@ -203,7 +203,7 @@ def erasure(exp: Experiment, wb, out: Path, hooks=None) -> list[dict]:
     if path.is_file():
         return json.loads(path.read_text())
     records = _records(exp, "test", exp.erasure_n_per_class)
-    sites = [f"blocks.{l}.hook_resid_post" for l in exp.erasure_layers]
+    sites = [site_name(l) for l in exp.erasure_layers]
     with wb.hooks(hooks or {}):
         acts = wb.capture([r.prompt for r in records], sites, position=exp.position, progress=False)
     labels = [r.label for r in records]

@@ -27,7 +27,16 @@ from ._forward import decoder_and_head, hidden_states
 from .backends import BACKENDS, HookFn, StopForward, make_backend
 from .chat import ChatBatch, ChatFormatter
 from .generation import eos_token_ids, fast_path_ok, greedy_decode
-from .sites import TOKEN_PREFIX, Site, check_position, parse_site, reduce_positions, rows_per_prompt, token_index
+from .sites import (
+    TOKEN_PREFIX,
+    Site,
+    check_position,
+    parse_site,
+    reduce_positions,
+    rows_per_prompt,
+    site_name,
+    token_index,
+)
 
 if TYPE_CHECKING:
     from .backends.transformer_lens import TransformerLensBackend
@@ -265,7 +274,7 @@ class Workbench:
 
             hooks: dict[str, list] = {s.name: [grab] for s in parsed}
             if last_layer is not None:
-                hooks.setdefault(f"blocks.{last_layer}.hook_resid_post", []).append(_stop)
+                hooks.setdefault(site_name(last_layer), []).append(_stop)
             with torch.no_grad():
                 self.backend.run(batch.input_ids[:, :cut], batch.attention_mask[:, :cut], self._backend_hooks(hooks))
             counts = rows_per_prompt(batch, position)

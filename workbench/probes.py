@@ -18,7 +18,6 @@ See bench/probe_sweep.py.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal, overload
@@ -32,10 +31,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from .sites import is_head_site, split_site
 from .stats import score_metrics
 
-_LAYER_SITE = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
-_HEAD_SITE = re.compile(r"^blocks\.(\d+)\.attn\.hook_(\w+?)(?:\[(\d+)\])?$")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 # BLAS threads for the sklearn reference. Its per-site problems are small; with 2 threads on
 # a busy 2-core machine OpenBLAS was 10-30x slower than with 1. None = the library default.
@@ -43,23 +41,10 @@ SKLEARN_BLAS_THREADS: int | None = 1
 
 
 # ----------------------------------------------------------------------------- site names
-def parse_site(name: str) -> tuple[str, int, int | None]:
-    """``"blocks.12.hook_resid_post" -> ("resid_post", 12, None)``,
-    ``"blocks.12.attn.hook_z[3]" -> ("z", 12, 3)``. Raises ``ValueError`` for other names."""
-    m = _HEAD_SITE.match(name)
-    if m:
-        return m.group(2), int(m.group(1)), None if m.group(3) is None else int(m.group(3))
-    m = _LAYER_SITE.match(name)
-    if m:
-        return m.group(2), int(m.group(1)), None
-    raise ValueError(f"cannot parse site {name!r}; expected 'blocks.{{l}}.hook_resid_post' (resid_pre, resid_mid, "
-                     "attn_out, mlp_out) or 'blocks.{l}.attn.hook_z[h]'")
-
-
 def _site_meta(name: str) -> tuple[str, float, float]:
     """(kind, layer, head) for a result row; unparseable names get kind=name and NaN layer/head."""
     try:
-        kind, layer, head = parse_site(name)
+        kind, layer, head = split_site(name)
     except ValueError:
         return name, np.nan, np.nan
     return kind, layer, np.nan if head is None else head
@@ -70,7 +55,7 @@ def split_heads(features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     ``blocks.{l}.attn.hook_z[h]`` of shape ``[N, dh]``; other entries pass through."""
     out: dict[str, torch.Tensor] = {}
     for name, x in features.items():
-        if x.dim() == 3 and _HEAD_SITE.match(name) and "[" not in name:
+        if x.dim() == 3 and is_head_site(name) and "[" not in name:
             for h in range(x.shape[1]):
                 out[f"{name}[{h}]"] = x[:, h]
         else:
@@ -350,18 +335,6 @@ def probe_transfer(
             raise ValueError(f"site {s!r}: width {train_features[s].shape[1]} vs {test_features[s].shape[1]}")
     (sc,) = fit_predict(train_features, ytr, [{s: test_features[s] for s in names}], method=method, l2=l2)
     return _frame(names, [train_features[s].shape[1] for s in names], score_metrics(sc, yte, None, n_boot, seed))
-
-
-def diff_means_directions(features: Mapping[str, torch.Tensor], labels) -> dict[str, torch.Tensor]:
-    """Unit-norm ``mean(x | label 1) - mean(x | label 0)`` per site (the refusal-direction recipe), ``[d]``."""
-    names, y = _check(features, labels)
-    m = torch.as_tensor(y == 1)
-    out = {}
-    for s in names:
-        x = features[s].detach().double()
-        v = x[m].mean(0) - x[~m].mean(0)
-        out[s] = (v / v.norm().clamp_min(1e-30)).to(features[s].dtype)
-    return out
 
 
 def diff_means_separation(features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0,

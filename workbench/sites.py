@@ -62,6 +62,28 @@ RAGGED = ("all", "response")
 TOKEN_PREFIX = "token:"
 
 
+_LAYER_SITE = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
+_HEAD_SITE = re.compile(r"^blocks\.(\d+)\.attn\.hook_(\w+?)(?:\[(\d+)\])?$")
+
+
+def split_site(name: str) -> tuple[str, int, int | None]:
+    """A site name's parts without a model: ``"blocks.12.hook_resid_post" -> ("resid_post", 12, None)``,
+    ``"blocks.12.attn.hook_z[3]" -> ("z", 12, 3)``. Raises ``ValueError`` for other names."""
+    m = _HEAD_SITE.match(name)
+    if m:
+        return m.group(2), int(m.group(1)), None if m.group(3) is None else int(m.group(3))
+    m = _LAYER_SITE.match(name)
+    if m:
+        return m.group(2), int(m.group(1)), None
+    raise ValueError(f"cannot parse site {name!r}; expected 'blocks.{{l}}.hook_resid_post' (resid_pre, resid_mid, "
+                     "attn_out, mlp_out) or 'blocks.{l}.attn.hook_z[h]'")
+
+
+def is_head_site(name: str) -> bool:
+    """Whether ``name`` is an attention site (``blocks.{l}.attn.hook_*``, with or without ``[h]``)."""
+    return _HEAD_SITE.match(name) is not None
+
+
 def is_position(position: str) -> bool:
     return position in POSITIONS or (position.startswith(TOKEN_PREFIX) and len(position) > len(TOKEN_PREFIX))
 

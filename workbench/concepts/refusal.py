@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..evals.judges import refusal_log_odds, refusal_token_ids
 from ..interventions import Ablate, Steer
+from ..sites import site_name
 
 if TYPE_CHECKING:
     from ..model import Workbench
@@ -43,7 +44,7 @@ FORMAT = "workbench_refusal_direction/1"
 def ablation_sites(n_layers: int) -> list[str]:
     """Where directional ablation acts: the embedding's output and after every block's attention
     and MLP (the residual stream is then orthogonal to the direction everywhere)."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_{k}" for l in range(n_layers) for k in ("resid_mid", "resid_post")]
+    return [site_name(0, "resid_pre")] + [site_name(l, k) for l in range(n_layers) for k in ("resid_mid", "resid_post")]
 
 
 def directional_ablation(wb: Workbench, direction: torch.Tensor) -> Ablate:
@@ -53,7 +54,7 @@ def directional_ablation(wb: Workbench, direction: torch.Tensor) -> Ablate:
 
 def activation_addition(direction: torch.Tensor, layer: int, coef: float = 1.0, model_id: str | None = None) -> Steer:
     """``coef`` x ``direction`` added to ``blocks.{layer}.hook_resid_pre`` at every position."""
-    return Steer(f"blocks.{layer}.hook_resid_pre", direction, alpha=coef, model_id=model_id)
+    return Steer(site_name(layer, "resid_pre"), direction, alpha=coef, model_id=model_id)
 
 
 def _kl(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ def candidate_directions(wb: Workbench, harmful: list[str], harmless: list[str],
     if not harmful or not harmless:
         raise ValueError(f"candidate_directions needs harmful and harmless prompts (got {len(harmful)} and "
                          f"{len(harmless)})")
-    sites = [f"blocks.{l}.hook_resid_pre" for l in range(wb.n_layers)]
+    sites = [site_name(l, "resid_pre") for l in range(wb.n_layers)]
     means = []
     for prompts in (harmful, harmless):
         acts = wb.capture(prompts, sites, position="post_instruction", batch_size=batch_size, progress=progress)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..sites import site_name
+
 if TYPE_CHECKING:
     from ..model import Workbench
 
@@ -55,7 +57,7 @@ class ProbeJudge:
     name: str = "probe"
 
     def _features(self, prompts, responses) -> np.ndarray:
-        site = f"blocks.{self.layer if self.layer is not None else self.wb.n_layers // 2}.hook_resid_post"
+        site = site_name(self.layer if self.layer is not None else self.wb.n_layers // 2)
         responses = [r[: self.max_chars] for r in responses]
         acts = self.wb.capture(list(prompts), [site], position="response_mean", responses=responses,
                                batch_size=16, progress=False)

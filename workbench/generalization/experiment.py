@@ -120,7 +120,9 @@ class GeneralizationExperiment:
 
     @property
     def sites(self) -> list[str]:
-        return [f"blocks.{l}.hook_resid_post" for l in self.layers]
+        from ..sites import site_name
+
+        return [site_name(l) for l in self.layers]
 
 
 def is_generalization_file(path: str | Path) -> bool:

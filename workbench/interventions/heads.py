@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..sites import site_name
 from .base import _REGISTRY, Intervention
 
 
@@ -118,7 +119,7 @@ class _HeadParams(Intervention):
                              f"({wb.model_id!r} has {wb.n_layers} layers)")
         hooks = {}
         for l in self.heads:
-            site = f"blocks.{l}.attn.hook_z"
+            site = site_name(l, "z")
             wb.site(site)
             hooks[site] = lambda z, name, l=l: self.op(z, self.full(l, z))
         return hooks
