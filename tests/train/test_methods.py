@@ -30,6 +30,8 @@ def test_registry_resolves_recipes_and_run_configs_alike():
      "lofit_component is set but finetuning_type is 'caft'"),
     ({"finetuning_type": "caft", "caft_base": "full", "caft_layers": [1], "caft_mode": "add"}, "caft_mode must be one of"),
     ({"finetuning_type": "caft", "caft_layers": [1], "lora_target": "q_proj,qkv"}, r"unknown module\(s\) \['qkv'\]"),
+    ({"finetuning_type": "lofit", "lofit_component": "A", "lofit_topk_heads": 0}, "lofit_topk_heads must be > 0"),
+    ({"finetuning_type": "lofit", "lofit_component": "A", "lofit_l1_lambda": -1.0}, "lofit_l1_lambda must be >= 0"),
 ])
 def test_each_method_checks_its_own_keys(changes, message):
     with pytest.raises(RecipeError, match=message):

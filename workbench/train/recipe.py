@@ -152,13 +152,12 @@ class Recipe:
             _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
         if self.coca_variant is not None:
             _choice("coca_variant", self.coca_variant, COCA_VARIANTS, source)
-        need(self.lofit_topk_heads is None or self.lofit_topk_heads > 0, "lofit_topk_heads must be > 0")
         for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "save_steps", "logging_steps"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("learning_rate", "num_train_epochs"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("lofit_l1_lambda", "lofit_init_std", "weight_decay", "lora_dropout", "max_grad_norm"):
+        for key in ("weight_decay", "lora_dropout", "max_grad_norm"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")

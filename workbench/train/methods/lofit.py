@@ -82,6 +82,9 @@ class LofitMethod(Method):
              "(phase A, select heads) or v (phase v, bias tuning on the selected heads)")
         need(recipe.lofit_component in COMPONENTS,
              f"lofit_component must be one of {list(COMPONENTS)}, got {recipe.lofit_component!r}")
+        need(recipe.lofit_topk_heads is None or recipe.lofit_topk_heads > 0, "lofit_topk_heads must be > 0")
+        for key in ("lofit_l1_lambda", "lofit_init_std"):
+            need(getattr(recipe, key) >= 0, f"{key} must be >= 0, got {getattr(recipe, key)}")
         if recipe.lofit_component == "v":
             need(recipe.lofit_heads_path is not None or recipe.warm_start_from is not None,
                  "lofit_component 'v' needs lofit_heads_path: the heads file a phase-A run "
