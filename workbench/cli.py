@@ -276,7 +276,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sae_train = sae_sub.add_parser("train", help="train an SAE (progress bar); writes cfg.json, "
                                    "sae_weights.safetensors, workbench.json", formatter_class=_Help)
     if argv is None or (argv[:1] == ["sae"]):
-        from .concepts.sae import add_train_arguments, run_train
+        from .concepts.sae_cli import add_train_arguments, run_train
 
         add_train_arguments(sae_train).set_defaults(func=run_train)
     rdir = command("refusal-direction", "find the refusal direction of a model or a training run (Arditi et al. "

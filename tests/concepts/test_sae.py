@@ -19,7 +19,7 @@ from workbench.concepts import (
     saes_dir,
     train_sae,
 )
-from workbench.concepts.sae import cli_main
+from workbench.concepts.sae_cli import cli_main
 from workbench.concepts.sae_data import ActivationSource, row_positions
 from workbench.data import load_dataset
 

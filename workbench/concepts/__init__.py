@@ -7,7 +7,7 @@
 
 Modules: :mod:`.conceptset` (the container and its file format), :mod:`.diffmeans`,
 :mod:`.pca` (PCA of one model, PCA of the fine-tuned - base difference as CAFT), :mod:`.sae`
-(sae-lens training, loading, the ``sae train`` command), :mod:`.latents` (CAFT's three latent choices).
+(sae-lens training and loading; :mod:`.sae_cli` the ``sae train`` command), :mod:`.latents` (CAFT's three latent choices).
 """
 
 from typing import TYPE_CHECKING
@@ -22,21 +22,13 @@ _SAE_NAMES = ("WorkbenchSAE", "build_training_store", "common_prefix_length", "l
               "massive_dims", "sae_metrics", "saes_dir", "train_sae")
 
 
+_SAE_DATA_NAMES = ("build_training_store", "common_prefix_length")  # the store side of SAE training
 _LATENT_NAMES = ("latent_attribution", "latents_by_attribution", "latents_by_diff_encoding", "latents_by_mean_diff")
 
 if TYPE_CHECKING:  # what __getattr__ provides, for type checkers
     from .latents import latent_attribution, latents_by_attribution, latents_by_diff_encoding, latents_by_mean_diff
-    from .sae import (
-        WorkbenchSAE,
-        build_training_store,
-        common_prefix_length,
-        load_pretrained_sae,
-        load_sae,
-        massive_dims,
-        sae_metrics,
-        saes_dir,
-        train_sae,
-    )
+    from .sae import WorkbenchSAE, load_pretrained_sae, load_sae, massive_dims, sae_metrics, saes_dir, train_sae
+    from .sae_data import build_training_store, common_prefix_length
 
 
 def __getattr__(name: str):
@@ -45,9 +37,9 @@ def __getattr__(name: str):
 
         return getattr(latents, name)
     if name in _SAE_NAMES:
-        from . import sae
+        from . import sae, sae_data
 
-        return getattr(sae, name)
+        return getattr(sae_data if name in _SAE_DATA_NAMES else sae, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
