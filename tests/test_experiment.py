@@ -24,7 +24,14 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
-    assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 60 for r in plan.values())
+    # full size: every method trains on the same records for the same number of steps
+    assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for r in plan.values())
+    assert {r.dataset for r in plan.values()} == {"advbench,harmbench,benign_instructions"}
+    assert {r.seed for r in plan.values()} == {42}
+    # another experiment seed trains every recipe with its own seed plus the experiment's
+    exp.seed = 2
+    assert {r.seed for r in plan_training(exp, tmp_path)[0].values()} == {44}
+    exp.seed = 0
     assert runs == {"sft": str(tmp_path / "train/sft/lora"), "caft": str(tmp_path / "train/caft/diffmeans"),
                     "lofit": bias.output_dir, "coca": think.output_dir, "coca_tagged": tagged.output_dir}
     quick = Experiment.from_yaml(default_experiment(), quick=True)
@@ -94,7 +101,22 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
                                                                                   "overrefusal"))
     assert lofit["coca_adherence"]["n"] == n_gen > 0 and 0 <= lofit["coca_adherence"]["value"] <= 1
     assert "| COCA format adherence (generations) | – | – | – | " in table
-    assert set(results["judges"]) == {"substring", "probe (layer 1)"}
+    assert set(results["judges"]) == {"default", "substring", "probe (layer 1)"}
+    # probe transfer to jailbreak-wrapped prompts for every model, the refusal direction for trained ones
+    for name, r in results["results"].items():
+        assert [t["site"] for t in r["transfer"]["sites"]] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+        assert r["transfer"]["n_wrapped"] == 2 * r["transfer"]["n_plain"] == 36
+        assert all(0 <= t["accuracy"] <= 1 and 0 <= t["harmful_recall"] <= 1 for t in r["transfer"]["sites"])
+        assert ("refusal" in r) == (name != "baseline")
+    for name in ("sft", "caft", "lofit"):  # a random model may have no direction that passes: said so
+        ref = results["results"][name]["refusal"]
+        assert "error" in ref or (0 <= ref["refusal_ablated"]["value"] <= 1 and ref["layer"] < 2)
+    assert "probe transfer to jailbreak-wrapped prompts: accuracy, layer 1" in table
+    # probe sweeps with their bag-of-words line, on the length-matched prompts and on the twins
+    for folder in ("probes", "probes_twins"):
+        lex = json.loads((out / folder / "lexical.json").read_text())
+        assert 0 <= lex["accuracy"] <= 1 and "bag of words" in (out / folder / "probe_accuracy.html").read_text()
+    assert "| style-matched twins |" in table and "losses.html" in {p.name for p in out.iterdir()}
     # paired tests: each generation suite x each of the 6 pairs of runs, on the same prompts
     gen_suites = [s for s, m in results["results"]["baseline"]["suites"].items() if m.get("samples")]
     assert len(results["paired"]) == 6 * len(gen_suites) > 0 and "Paired tests" in table
@@ -109,7 +131,7 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="workbench"):
         run_experiment(path, out=out)
-    assert "already trained" in caplog.text
+    assert "already done" in caplog.text
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # the same folder with other settings would mix results: refused, nothing touched
     data = yaml.safe_load(path.read_text())
@@ -117,3 +139,27 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
     with pytest.raises(ExperimentError, match=r"other settings \(eval_size\)"):
         run_experiment(path, out=out)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_tiny_experiment_over_seeds_pools_results(tmp_path):
+    """Two seeds, each in its own folder with its own training seed and test prompts; the results
+    pooled (counts added, one interval) and the paired tests over both seeds' prompts."""
+    path, out = _tiny_experiment(tmp_path), tmp_path / "out"
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "twin_probes": False, "transfer_templates": 0, "refusal_direction": False},
+                                   sort_keys=False))
+    run_experiment(path, out=out, methods=["sft"], seeds=[0, 1])
+    results = json.loads((out / "results.json").read_text())
+    per_seed = {s: {n: json.loads((out / f"seed{s}" / "eval" / n / "eval.json").read_text()) for n in ("baseline", "sft")}
+                for s in (0, 1)}
+    assert [json.loads((out / f"seed{s}" / "train/sft/lora/config.json").read_text())["recipe"]["seed"]
+            for s in (0, 1)] == [42, 43]
+    for name in ("baseline", "sft"):
+        pooled = results["results"][name]["suites"]["id_harmful"]
+        cells = [per_seed[s][name]["suites"]["id_harmful"] for s in (0, 1)]
+        assert pooled["n"] == sum(c["n"] for c in cells) == 4
+        assert pooled["value"] == pytest.approx(sum(c["value"] * c["n"] for c in cells) / 4)
+        assert pooled["per_seed"] == [c["value"] for c in cells]
+    row = next(r for r in results["paired"] if r["suite"] == "id_harmful")
+    assert row["n_seeds"] == 2 and row["n"] == 4
+    assert "Seeds 0, 1" in (out / "results.md").read_text()

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+
+def write_json_atomic(path: str | Path, doc: Any, indent: int = 1) -> Path:
+    """``json.dumps(doc)`` into ``path`` (its folder made) through a temporary file and a rename, so
+    a reader never sees half a file; NaN stays NaN, other non-JSON values are written as strings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=indent, default=str))
+    os.replace(tmp, path)
+    return path
 
 
 def parse_file(path: str | Path, error: type[Exception], fmt: str = "json") -> Any:

@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ._files import write_json_atomic
+
 MANIFEST = "manifest.json"
 FORMAT = "workbench.activations/1"
 
@@ -60,12 +62,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 class _ShardWriter:
     """Background thread: writes shards and commits them to the manifest in order."""
 
@@ -93,7 +89,7 @@ class _ShardWriter:
             "file": name, "start": start, "stop": stop, "rows": int(tensors["record_index"].shape[0]),
             "bytes": (self.folder / name).stat().st_size, "sha256": _sha256(self.folder / name),
         })
-        _write_json(self.folder / MANIFEST, self.manifest)
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
 
     def put(self, *item) -> None:
         if self.error:
@@ -235,7 +231,7 @@ class ActivationStore:
             finally:
                 writer.close()
         manifest["complete"] = True
-        _write_json(folder / MANIFEST, manifest)
+        write_json_atomic(folder / MANIFEST, manifest)
         return cls(folder, verify=False)
 
     @staticmethod
@@ -255,7 +251,7 @@ class ActivationStore:
             raise ValueError(f"{folder} exists, is not empty and is not an activation store")
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {**config, "complete": False, "shards": []}
-        _write_json(folder / MANIFEST, manifest)
+        write_json_atomic(folder / MANIFEST, manifest)
         return manifest
 
     @staticmethod

@@ -77,14 +77,12 @@ def cmd_experiment(args) -> Path:
     from .generalization.experiment import is_generalization_file, run_generalization
 
     methods = args.methods.split(",") if args.methods else None
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     if is_generalization_file(args.experiment):
-        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
         return run_generalization(args.experiment, quick=args.quick, out=args.out, methods=methods, seeds=seeds)
-    if args.seeds:
-        raise ValueError("--seeds applies to generalization experiments (files with a task: key)")
     from .experiment import run_experiment
 
-    return run_experiment(args.experiment, quick=args.quick, out=args.out, methods=methods)
+    return run_experiment(args.experiment, quick=args.quick, out=args.out, methods=methods, seeds=seeds)
 
 
 def demo_experiment() -> Path:
@@ -251,8 +249,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     exp.add_argument("--quick", action="store_true", help="the experiment file's quick sizes (minutes)")
     exp.add_argument("--out", default=None, help="experiment folder (default: the file's output_dir)")
     exp.add_argument("--methods", default=None, help="comma-separated subset of the file's methods (default: all)")
-    exp.add_argument("--seeds", default=None, help="comma-separated training seeds instead of the file's "
-                     "(generalization experiments)")
+    exp.add_argument("--seeds", default=None, help="comma-separated seeds instead of the file's (safety experiments: "
+                     "each seed in DIR/seed{s}/, results pooled)")
     exp.set_defaults(func=cmd_experiment)
     cache = command("cache", "cache activations of harmful vs benign prompts to disk")
     data_args(cache)

@@ -42,11 +42,14 @@ def _chance(fig: go.Figure, metric: str) -> None:
                       annotation_position="bottom right")
 
 
-def probe_accuracy_plot(df: pd.DataFrame, metric: str = "accuracy", title: str | None = None) -> go.Figure:
+def probe_accuracy_plot(df: pd.DataFrame, metric: str = "accuracy", title: str | None = None,
+                        lexical: dict | None = None) -> go.Figure:
     """``metric`` vs layer, one line per site kind, CI error bars, dashed chance line at 0.5.
 
     Per-head rows (kind ``z`` with a head index) are shown as one line "z (best head)": the
-    head with the highest ``metric`` at each layer.
+    head with the highest ``metric`` at each layer. ``lexical``
+    (:func:`workbench.probes.lexical_baseline`) is drawn as a dotted horizontal line: what a
+    bag-of-words classifier of the same prompts reaches.
     """
     if metric not in df.columns:
         raise ValueError(f"metric {metric!r} not in DataFrame columns {list(df.columns)}")
@@ -64,6 +67,9 @@ def probe_accuracy_plot(df: pd.DataFrame, metric: str = "accuracy", title: str |
                                  customdata=best[["site"]],
                                  hovertemplate="%{customdata[0]}<br>" + metric + "=%{y:.3f}<extra></extra>"))
     _chance(fig, metric)
+    if lexical is not None and metric in lexical:
+        fig.add_hline(y=lexical[metric], line_dash="dot", line_color="black",
+                      annotation_text=f"bag of words {lexical[metric]:.2f}", annotation_position="top left")
     fig.update_layout(title=title or f"Probe {metric} by layer", xaxis_title="layer", yaxis_title=metric,
                       template="plotly_white", legend_title="site kind")
     return fig

@@ -337,6 +337,30 @@ def probe_transfer(
     return _frame(names, [train_features[s].shape[1] for s in names], score_metrics(sc, yte, None, n_boot, seed))
 
 
+def lexical_baseline(prompts: Sequence[str], labels, n_folds: int = 5, seed: int = 0, l2: float = 1.0,
+                     n_boot: int = 200) -> dict:
+    """What the words alone give: a bag-of-words (unigram + bigram counts) logistic regression on
+    the prompts, cross-validated with the probes' own folds (:func:`make_folds`). A probe at a
+    site is evidence about the model's computation only where it beats this line.
+
+    Returns ``{"site": "lexical (bag of words)", "accuracy", "accuracy_ci_low/high", "auroc", ...,
+    "n"}`` (the columns of a :func:`probe_sweep` row)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if len(prompts) != len(y):
+        raise ValueError(f"{len(prompts)} prompts but {len(y)} labels")
+    folds = make_folds(y, n_folds, seed)
+    scores = np.empty((1, len(y)))
+    for tr, te in folds:
+        vec = CountVectorizer(ngram_range=(1, 2), lowercase=True)
+        Xtr = vec.fit_transform([prompts[i] for i in tr])
+        clf = LogisticRegression(C=1.0 / l2, max_iter=2000).fit(Xtr, y[tr])
+        scores[0, te] = clf.decision_function(vec.transform([prompts[i] for i in te]))
+    row = score_metrics(scores, y, _fold_index(folds, len(y)), n_boot, seed).iloc[0].to_dict()
+    return {"site": "lexical (bag of words)", **{k: (int(v) if k == "n" else float(v)) for k, v in row.items()}}
+
+
 def diff_means_separation(features: Mapping[str, torch.Tensor], labels, n_folds: int = 5, seed: int = 0,
                           n_boot: int = 200) -> pd.DataFrame:
     """Out-of-fold separability along the train-fold diff-of-means direction (no standardization).

@@ -30,6 +30,12 @@ def assign_split(record_id: str, seed: int = 0,
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
+def split_key(rec: Record) -> str:
+    """What a record's split is drawn from: its id, or its pair's key (``meta["pair"]``, e.g. the
+    twins datasets) so that both members of a pair land in the same split."""
+    return rec.meta.get("pair") or rec.id
+
+
 def _check_split(split: str | None) -> None:
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS} or None")
@@ -59,7 +65,7 @@ def load_dataset(name: str, split: str | None = None, seed: int = 0, limit: int 
         raise ValueError(f"limit must be >= 0, got {limit}")
     records = registry._load_raw(name)
     if split is not None:
-        records = [r for r in records if assign_split(r.id, seed, fractions) == split]
+        records = [r for r in records if assign_split(split_key(r), seed, fractions) == split]
     records = records[:limit] if limit is not None else records
     if not records:
         raise ValueError(f"dataset {name!r} is empty with split={split!r}, seed={seed}, "
@@ -84,7 +90,7 @@ def _pool(names: str | Iterable[str], label: int, cls: str, split: str | None, s
             if rec.prompt in seen:
                 continue
             seen.add(rec.prompt)
-            if split is None or assign_split(rec.id, seed) == split:
+            if split is None or assign_split(split_key(rec), seed) == split:
                 out.append(_copy(rec, label=label))
     if not out:
         raise ValueError(f"harmful_vs_benign: the {cls} class is empty (sources={names}, "
@@ -113,7 +119,7 @@ def _mean_length(records: list[Record]) -> float:
 def harmful_vs_benign(harmful: str | Iterable[str] = ("advbench", "harmbench"),
                       benign: str | Iterable[str] = ("benign_instructions",),
                       n_per_class: int | None = None, split: str | None = None, seed: int = 0,
-                      match_lengths: bool = False, length_tolerance: float = 0.2) -> RecordList:
+                      match_lengths: bool = False, length_tolerance: float = 0.2, twins: bool = False) -> RecordList:
     """A balanced, shuffled pool of harmful (label 1) and benign (label 0) prompts.
 
     ``n_per_class`` defaults to the smaller class size; records are sampled with ``seed``.
@@ -122,7 +128,10 @@ def harmful_vs_benign(harmful: str | Iterable[str] = ("advbench", "harmbench"),
     without replacement) and the ``n_per_class`` closest pairs are kept, so prompt length
     cannot separate the classes; partners are in ``meta["pair_id"]``. There, a ``None``
     ``n_per_class`` keeps every pair whose lengths differ by at most ``length_tolerance``
-    (relative to the longer prompt). ``.stats`` holds the per-class mean lengths and gap.
+    (relative to the longer prompt). With ``twins`` each harmful prompt is paired with its benign
+    twin of the same form (records sharing ``meta["pair"]``, e.g. ``twins_harmful`` /
+    ``twins_benign``), so only the harmful content separates the classes; a ``None``
+    ``n_per_class`` keeps every pair. ``.stats`` holds the per-class mean lengths and gap.
     """
     _check_split(split)
     harm = _pool(harmful, 1, "harmful", split, seed, set())
@@ -136,7 +145,18 @@ def harmful_vs_benign(harmful: str | Iterable[str] = ("advbench", "harmbench"),
         raise ValueError(f"n_per_class={n} but the {short} class has only {available} records "
                          f"(split={split!r}); lower n_per_class")
     rng = random.Random(seed)
-    if match_lengths:
+    if twins:
+        by_pair = {r.meta.get("pair"): r for r in good if r.meta.get("pair")}
+        pairs = [(h, by_pair[h.meta["pair"]]) for h in harm if h.meta.get("pair") in by_pair]
+        if len(pairs) < n:
+            raise ValueError(f"twins: {len(pairs)} harmful records of split={split!r} have a benign twin "
+                             f"(meta['pair']), n_per_class={n}; use the twins_harmful / twins_benign datasets "
+                             f"or lower n_per_class")
+        pairs = rng.sample(pairs, n if n_per_class is not None else len(pairs))
+        n = len(pairs)
+        harm_sel = [_copy(h, meta={**h.meta, "pair_id": b.id}) for h, b in pairs]
+        good_sel = [_copy(b, meta={**b.meta, "pair_id": h.id}) for h, b in pairs]
+    elif match_lengths:
         small, large = (harm, good) if len(harm) <= len(good) else (good, harm)
         anchors = rng.sample(small, len(small))  # seeded order for the greedy matching
         pairs = [(a, p) if a.label == 1 else (p, a)
@@ -158,7 +178,7 @@ def harmful_vs_benign(harmful: str | Iterable[str] = ("advbench", "harmbench"),
     out = RecordList(harm_sel + good_sel)
     rng.shuffle(out)
     mean_h, mean_b = _mean_length(harm_sel), _mean_length(good_sel)
-    out.stats = {"n_per_class": n, "split": split, "seed": seed, "match_lengths": match_lengths,
+    out.stats = {"n_per_class": n, "split": split, "seed": seed, "match_lengths": match_lengths, "twins": twins,
                  "mean_length": {"harmful": mean_h, "benign": mean_b},
                  "length_gap": abs(mean_h - mean_b),
                  "available": {"harmful": len(harm), "benign": len(good)}}

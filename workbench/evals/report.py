@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +17,14 @@ class RunError(ValueError):
     """A run folder or report that is missing or corrupt."""
 
 
-def save_metrics(metrics: dict, path: str | Path, model_id: str, size: str, seed: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": REPORT_FORMAT, "model": model_id, "size": size, "seed": seed,
-                                "suites": metrics}, indent=1, allow_nan=True))
-    return path
+def save_metrics(metrics: dict, path: str | Path, model_id: str, size: str, seed: int,
+                 judge: str | None = None) -> Path:
+    """``metrics`` (:func:`~workbench.evals.evaluate`'s) -> ``path``, written atomically; ``judge``
+    names the refusal judge that scored the generations."""
+    from .._files import write_json_atomic
+
+    doc = {"format": REPORT_FORMAT, "model": model_id, "size": size, "seed": seed, "suites": metrics}
+    return write_json_atomic(path, {**doc, "judge": judge} if judge else doc)
 
 
 def load_metrics(path: str | Path) -> dict:

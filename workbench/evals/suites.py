@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import Record, jailbreak_suite, load_dataset
 from ..stats import wilson_interval
-from .judges import SubstringJudge
+from .judges import default_judge
 
 SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)
 HARMFUL_SOURCES = ("advbench", "harmbench")
@@ -127,7 +127,7 @@ def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 64, 
               gsm8k_tokens: int = 256) -> dict:
     """Metrics of one suite; generation suites also return ``samples`` (prompt, response, refused).
     ``max_new_tokens`` is enough to judge a refusal; GSM8K answers get ``gsm8k_tokens``."""
-    judge = judge or SubstringJudge()
+    judge = judge or default_judge()
     if suite.kind == "mmlu":
         return _mmlu(wb, suite, batch_size)
     if suite.kind == "perplexity":
@@ -138,10 +138,30 @@ def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 64, 
     if suite.kind == "gsm8k":
         hits = np.array([_last_number(t) == r.meta["target_answer"] for t, r in zip(responses, suite.records)])
         return {**_rate(hits), "samples": [[p, t, bool(h)] for p, t, h in zip(prompts, responses, hits)]}
-    refused = judge(prompts, responses)
+    return _judged(suite.kind, prompts, responses, judge)
+
+
+def _judged(kind: str, prompts: list[str], responses: list[str], judge) -> dict:
+    refused = np.asarray(judge(prompts, responses), dtype=bool)
     # refusal: refusal rate; attack: success = complied; compliance: complied; overrefusal: refused
-    hits = {"refusal": refused, "attack": ~refused, "compliance": ~refused, "overrefusal": refused}[suite.kind]
+    hits = {"refusal": refused, "attack": ~refused, "compliance": ~refused, "overrefusal": refused}[kind]
     return {**_rate(hits), "samples": [[p, t, bool(r)] for p, t, r in zip(prompts, responses, refused)]}
+
+
+JUDGED_KINDS = ("refusal", "attack", "compliance", "overrefusal")
+
+
+def rejudge(metrics: dict[str, dict], judge) -> dict[str, dict]:
+    """``metrics`` (from :func:`evaluate`) with every judged suite scored again by ``judge`` from its
+    stored generations (nothing is generated); other suites are kept."""
+    out = {}
+    for name, m in metrics.items():
+        if m.get("kind") in JUDGED_KINDS and m.get("samples"):
+            prompts, responses = [s[0] for s in m["samples"]], [s[1] for s in m["samples"]]
+            out[name] = {**m, **_judged(m["kind"], prompts, responses, judge)}
+        else:
+            out[name] = m
+    return out
 
 
 METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "compliance": "compliance rate",
@@ -152,7 +172,7 @@ METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "com
 def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 64,
              progress: bool = True, gsm8k_tokens: int = 256, judge=None) -> dict[str, dict]:
     """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``.
-    ``judge(prompts, responses) -> bool array`` (True = refused) defaults to :class:`SubstringJudge`."""
+    ``judge(prompts, responses) -> bool array`` (True = refused) defaults to :func:`~workbench.evals.judges.default_judge`."""
     out = {}
     with torch.no_grad():
         for name, suite in tqdm(suites.items(), desc="evaluate", disable=not progress):

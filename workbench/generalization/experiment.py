@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json_atomic
 from .._log import get_logger
 from ..models import DEFAULT_MODEL
 
@@ -152,13 +153,6 @@ def attribute_labels(records, attributes: dict[str, str]) -> dict[str, list[int]
             raise GeneralizationError(f"attribute {key!r} needs two values in the training data, got {levels}")
         out[role] = [levels.index(str(v)) for v in values]
     return out
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _load(exp: GeneralizationExperiment):
@@ -285,7 +279,7 @@ def find_concepts(exp, seed: int, out: Path, train_recs) -> tuple[dict[str, Path
         rnd = rnd + random_directions(s, base.d_model, k=k, seed=1000 * seed + i, model_id=exp.model)
     rnd.save(refs["@random"])
     info["k"] = k
-    _write_json(info_path, info)
+    write_json_atomic(info_path, info)
     return {r: p for r, p in refs.items() if p.is_file()}, k, info
 
 
@@ -325,7 +319,7 @@ def sae_concepts(exp, base, train_recs, score_recs, labels: dict, folder: Path, 
     scores = attribute_scores(cs, dict(pos), labels)
     picked_cs, picked = probe_pick(cs, scores, "spurious", "intended", exp.pick_min_score)
     picked_cs.for_ablation().save(path)
-    _write_json(folder / "sae_scores.json", {"scores": scores, "picked": picked,
+    write_json_atomic(folder / "sae_scores.json", {"scores": scores, "picked": picked,
                                              "sae_metrics": {w.site: w.metrics for w in saes}})
     return picked
 
@@ -391,7 +385,7 @@ def evaluate_run(exp, run: Path | None, splits: dict, out_path: Path, leak_recs=
     if isinstance(ablate, Ablate) and leak_recs:
         acts = wb.capture([r.prompt for r in leak_recs], ablate.sites, position="last", progress=False)
         res["leakage"] = leakage_check(dict(acts), ablate, attribute_labels(leak_recs, exp.attributes))
-    _write_json(out_path, res)
+    write_json_atomic(out_path, res)
     return res
 
 
@@ -414,7 +408,7 @@ def run_generalization(path: str | Path, quick: bool = False, out: str | Path | 
     out = Path(out or exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in dataclasses.asdict(exp).items() if k not in ("quick", "output_dir")}
-    _write_json(out / "experiment.json", settings)
+    write_json_atomic(out / "experiment.json", settings)
     splits = {s: task_records(exp, s, 0) for s in ("id_test", "ood_test")}
     baseline = evaluate_run(exp, None, splits, out / "eval" / "baseline.json") if exp.baseline else None
     results: dict[str, Any] = {"settings": settings, "baseline": baseline, "seeds": {}}

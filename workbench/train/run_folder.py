@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from .._files import parse_file
+from .._files import parse_file, write_json_atomic
 from .errors import RunFolderError
 
 CONFIG_FILE = "config.json"
@@ -24,14 +23,6 @@ SUMMARY_FILE = "summary.json"
 DATA_FILE = "data.jsonl"
 FORMAT = "workbench_run"
 VERSION = 1
-
-
-def write_json_atomic(path: Path, doc: Any) -> Path:
-    """``json.dumps(doc)`` into ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
 
 
 class RunFolder:
