@@ -314,6 +314,8 @@ def test_probe_plots(tmp_path, sweeps):
     best = df[df["kind"] == "z"].groupby("layer")["accuracy"].max().to_numpy()
     np.testing.assert_allclose(fig.data[2].y, best)
     assert any(s.line.dash == "dash" and s.y0 == 0.5 for s in fig.layout.shapes)  # chance line
+    lexical = plots.probe_accuracy_plot(df, lexical={"accuracy": 0.81})
+    assert any(s.line.dash == "dot" and s.y0 == 0.81 for s in lexical.layout.shapes)  # the bag-of-words line
     hm = plots.head_heatmap(df)
     assert np.asarray(hm.data[0].z).shape == (4, 3)
     assert np.asarray(hm.data[0].z)[2, 1] == pytest.approx(df.set_index("site").loc["blocks.2.attn.hook_z[1]", "accuracy"])
@@ -324,3 +326,24 @@ def test_probe_plots(tmp_path, sweeps):
     assert not re.search(r"<script[^>]*src=\"http", html) and len(html) > 1_000_000  # plotly.js inlined
     with pytest.raises(ValueError, match="no per-head rows"):
         plots.head_heatmap(df[df["kind"] != "z"])
+
+
+def test_lexical_baseline_equals_a_plain_sklearn_loop():
+    """The bag-of-words baseline against an independent computation with the same folds."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from workbench.data import harmful_vs_benign
+    from workbench.probes import lexical_baseline, make_folds
+
+    recs = harmful_vs_benign(["twins_harmful"], ["twins_benign"], split="train", twins=True, n_per_class=60)
+    prompts, y = [r.prompt for r in recs], np.array([r.label for r in recs])
+    got = lexical_baseline(prompts, y, n_folds=5, seed=3)
+    correct = np.zeros(len(y), bool)
+    for tr, te in make_folds(y, 5, 3):
+        vec = CountVectorizer(ngram_range=(1, 2))
+        clf = LogisticRegression(max_iter=2000).fit(vec.fit_transform([prompts[i] for i in tr]), y[tr])
+        correct[te] = clf.predict(vec.transform([prompts[i] for i in te])) == y[te]
+    assert got["n"] == 120 and got["accuracy"] == pytest.approx(correct.mean())
+    assert got["accuracy_ci_low"] <= got["accuracy"] <= got["accuracy_ci_high"] and 0 <= got["auroc"] <= 1
+    with pytest.raises(ValueError, match="prompts but"):
+        lexical_baseline(prompts[:3], y)

