@@ -23,12 +23,16 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ._files import write_json_atomic
+
+if TYPE_CHECKING:
+    from .model import Workbench
 
 MANIFEST = "manifest.json"
 FORMAT = "workbench.activations/1"
@@ -189,7 +193,7 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ writing
     @classmethod
-    def build(cls, path: str | os.PathLike, wb, prompts: Sequence[str], sites: Sequence[str],
+    def build(cls, path: str | os.PathLike, wb: Workbench, prompts: Sequence[str], sites: Sequence[str],
               position: str = "last", labels: Sequence[int | None] | None = None,
               ids: Sequence[str] | None = None, responses: Sequence[str] | None = None,
               batch_size: int = 8, shard_size: int = 256, dtype: torch.dtype = torch.float32,
@@ -255,7 +259,7 @@ class ActivationStore:
         return manifest
 
     @staticmethod
-    def _capture_into(writer: _ShardWriter, wb, prompts, responses, sites, position, start,
+    def _capture_into(writer: _ShardWriter, wb: Workbench, prompts, responses, sites, position, start,
                       batch_size, shard_size, dtype, progress, first_shard: int) -> None:
         pending: list = []
         index, shard_start = first_shard, start

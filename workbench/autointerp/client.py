@@ -30,7 +30,10 @@ import os
 import time
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ class LocalChatClient:
     """``chat(messages) -> str`` with the local model (greedy ``wb.generate``). The system and user
     turns are joined into one user message (the model's chat template adds its own system prompt)."""
 
-    def __init__(self, wb, max_new_tokens: int = 48):
+    def __init__(self, wb: Workbench, max_new_tokens: int = 48):
         self.wb, self.max_new_tokens = wb, max_new_tokens
         self.model = f"local:{wb.model_id}"
 

@@ -29,6 +29,8 @@ import torch
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+    from ..model import Workbench
+
 _SPECIAL = re.compile(r"<\|[^|>]{1,40}\|>")
 
 
@@ -111,17 +113,16 @@ class TokenContexts:
                 f"d={self.acts.shape[1]}, model={self.model_id!r})")
 
     @staticmethod
-    def _tokens(wb, prompts, responses, batch_size: int) -> list[tuple[list[int], list[str]]]:
+    def _tokens(wb: Workbench, prompts, responses, batch_size: int) -> list[tuple[list[int], list[str]]]:
         out = []
         for lo in range(0, len(prompts), batch_size):
             batch = wb.tokenize(prompts[lo:lo + batch_size],
                                 None if responses is None else responses[lo:lo + batch_size])
-            for i, text in enumerate(batch.texts):
-                ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
-                enc = wb.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                if enc["input_ids"] != ids:
-                    raise RuntimeError("re-tokenizing the rendered text did not reproduce the batch's tokens")
-                out.append((ids, [text[s:e] for s, e in enc["offset_mapping"]]))
+            if batch.offsets is None:
+                raise RuntimeError("the chat formatter returned no token offsets")
+            for i, text in enumerate(batch.texts):  # the batch's own character spans: no second tokenization
+                real = batch.attention_mask[i].bool()
+                out.append((batch.input_ids[i][real].tolist(), [text[s:e] for s, e in batch.offsets[i][real].tolist()]))
         return out
 
     @classmethod
@@ -164,7 +165,7 @@ class TokenContexts:
                    None if ids is None else [str(i) for i in ids], model_id)
 
     @classmethod
-    def capture(cls, wb, prompts: Sequence[str], site: str, responses: Sequence[str] | None = None,
+    def capture(cls, wb: Workbench, prompts: Sequence[str], site: str, responses: Sequence[str] | None = None,
                 labels: Sequence | None = None, ids: Sequence[str] | None = None, batch_size: int = 8,
                 skip_common_prefix: bool = True, progress: bool = False) -> TokenContexts:
         """Run ``wb`` over ``prompts`` (and ``responses``) and keep every token's activation at ``site``."""
@@ -174,7 +175,7 @@ class TokenContexts:
         return cls._build(site, acts[site], acts.record_index, toks, labels, ids, wb.model_id, skip_common_prefix)
 
     @classmethod
-    def from_store(cls, store, wb, prompts: Sequence[str], site: str | None = None,
+    def from_store(cls, store, wb: Workbench, prompts: Sequence[str], site: str | None = None,
                    responses: Sequence[str] | None = None, skip_common_prefix: bool = True) -> TokenContexts:
         """Token contexts from an ActivationStore captured with ``position="all"`` on ``prompts``
         (the same list, order and responses; ``wb`` supplies the tokenizer and chat template)."""

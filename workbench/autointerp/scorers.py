@@ -24,9 +24,13 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .examples import Example, TokenContexts, feature_for, make_example, top_examples
 from .explainers import STOPWORDS, words
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 @dataclass
@@ -95,7 +99,7 @@ class LocalModelScorer:
 
     PROMPT = 'Text: "{text}"\n\nIs this text about "{label}"? Answer Yes or No.'
 
-    def __init__(self, wb, batch_size: int = 8, max_chars: int = 400, threshold: float = 0.0):
+    def __init__(self, wb: Workbench, batch_size: int = 8, max_chars: int = 400, threshold: float = 0.0):
         self.wb, self.batch_size, self.max_chars, self.threshold = wb, batch_size, max_chars, threshold
 
     @property

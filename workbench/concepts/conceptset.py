@@ -32,11 +32,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 FORMAT = "workbench.conceptset/1"
 _KEY = "conceptset"
@@ -309,7 +312,7 @@ class ConceptSet:
                                            "autointerp", "auroc"])
 
     # ------------------------------------------------------------------ model checks
-    def check(self, wb) -> ConceptSet:
+    def check(self, wb: Workbench) -> ConceptSet:
         """Refuse a set that does not fit ``wb``: unknown sites and wrong widths raise
         (:class:`~workbench.sites.UnknownSite`, :class:`WidthMismatch`) with the model's numbers.
         A set made on another model id of the right width only warns (a fine-tuned copy keeps the

@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from .conceptset import ConceptSet
 from .sae import _as_wsae
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 def _acts(x, site: str | None = None) -> torch.Tensor:
@@ -90,7 +94,7 @@ def _loss_fn(loss: str | Callable) -> tuple[Callable, str]:
     raise ValueError(f"loss must be one of {LOSSES} or a callable(logits, batch) -> scalar, not {loss!r}")
 
 
-def latent_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
+def latent_attribution(sae, wb: Workbench, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
                        site: str | None = None, loss: str | Callable = "response_nll", batch_size: int = 4,
                        progress: bool = False) -> torch.Tensor:
     """``[d_sae]`` mean attribution of each latent to ``loss``: ``f_j(x) * (W_dec[j] . dL/dx)`` summed
@@ -105,7 +109,7 @@ def latent_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str]
     return latent_attributions([w], wb, prompts, responses, loss=loss, batch_size=batch_size, progress=progress)[w.site]
 
 
-def latent_attributions(saes: Sequence, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
+def latent_attributions(saes: Sequence, wb: Workbench, prompts: Sequence[str], responses: Sequence[str] | None = None, *,
                         loss: str | Callable = "response_nll", batch_size: int = 4,
                         progress: bool = False) -> dict[str, torch.Tensor]:
     """:func:`latent_attribution` for SAEs at several sites (one per site) from one forward and one
@@ -145,7 +149,7 @@ def latent_attributions(saes: Sequence, wb, prompts: Sequence[str], responses: S
     return {site: (t / max(count, 1)).float() for site, t in total.items()}
 
 
-def latents_by_attribution(sae, wb, prompts: Sequence[str], responses: Sequence[str] | None = None, top: int = 20,
+def latents_by_attribution(sae, wb: Workbench, prompts: Sequence[str], responses: Sequence[str] | None = None, top: int = 20,
                            *, site: str | None = None, loss: str | Callable = "response_nll",
                            sign: str = "abs", batch_size: int = 4, progress: bool = False) -> ConceptSet:
     """CAFT (b): latents ranked by attribution ``W_dec . grad x act`` to ``loss`` (see

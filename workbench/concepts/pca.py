@@ -15,11 +15,15 @@ difference's variance its component explains.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._data import as_features
 from .conceptset import Concept, ConceptSet, provenance
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 # ----------------------------------------------------------------------------- the decomposition
@@ -121,7 +125,7 @@ def pca(source, sites: Sequence[str] | str | None = None, k: int = 10, *, center
 
 
 # ----------------------------------------------------------------------------- two models
-def paired_activations(ft, base, prompts: Sequence[str], sites: Sequence[str] | str,
+def paired_activations(ft: Workbench, base: Workbench, prompts: Sequence[str], sites: Sequence[str] | str,
                        responses: Sequence[str] | None = None, position: str = "response",
                        batch_size: int = 8, progress: bool = False
                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -141,7 +145,7 @@ def paired_activations(ft, base, prompts: Sequence[str], sites: Sequence[str] | 
            {s: b[s].flatten(1) if s.endswith("hook_z") else b[s] for s in sites}, a.record_index
 
 
-def activation_difference(ft, base, sites: Sequence[str] | str | None = None, prompts=None, responses=None,
+def activation_difference(ft: Workbench, base: Workbench, sites: Sequence[str] | str | None = None, prompts=None, responses=None,
                           position: str = "response", batch_size: int = 8, progress: bool = False
                           ) -> tuple[dict[str, torch.Tensor], dict]:
     """``{site: acts_ft - acts_base}`` ``[rows, d]`` and provenance info.
@@ -178,7 +182,7 @@ def activation_difference(ft, base, sites: Sequence[str] | str | None = None, pr
     return out, info
 
 
-def pca_diff(ft, base, prompts: Sequence[str] | None = None, responses: Sequence[str] | None = None,
+def pca_diff(ft: Workbench, base: Workbench, prompts: Sequence[str] | None = None, responses: Sequence[str] | None = None,
              sites: Sequence[str] | str | None = None, k: int = 20, *, center: bool = True,
              position: str = "response", method: str = "lowrank", niter: int = 4, oversample: int = 10,
              seed: int = 0, drop_dims: Sequence[int] | None = None, batch_size: int = 8,

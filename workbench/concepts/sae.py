@@ -37,6 +37,8 @@ from .sae_data import ActivationSource
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+    from ..model import Workbench
+
 FORMAT = "workbench.sae/1"
 MANIFEST = "workbench.json"
 ARCHITECTURES = ("topk", "batchtopk")
@@ -152,7 +154,7 @@ class WorkbenchSAE:
                           for i in range(0, max(x.shape[0], 1), batch_size)]) if x.shape[0] else \
             torch.zeros(0, self.d_sae)
 
-    def check(self, wb) -> WorkbenchSAE:
+    def check(self, wb: Workbench) -> WorkbenchSAE:
         """Refuse a model whose width at the SAE's site differs from ``d_in``."""
         width = math.prod(wb.site_shape(self.site))
         if width != self.d_in:

@@ -6,9 +6,13 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .sae import ARCHITECTURES, MANIFEST, WorkbenchSAE, train_sae
 from .sae_data import DEFAULT_DATASETS, DEFAULT_SITE, build_training_store, common_prefix_length
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,7 +45,7 @@ def run_train(args: argparse.Namespace) -> WorkbenchSAE:
     from ..activations import ActivationStore
     from ..models import DEFAULT_MODEL, workbench_home
 
-    wb = None
+    wb: Workbench | None = None
     default_store = workbench_home() / "stores" / f"sae-{args.model or DEFAULT_MODEL}-{args.site}".replace("/", "_")
     store_path = Path(args.store) if args.store else default_store
     needs_wb = args.skip_first == "auto" or not (store_path / "manifest.json").is_file() or \
@@ -51,10 +55,11 @@ def run_train(args: argparse.Namespace) -> WorkbenchSAE:
 
         wb = Workbench.load(args.model) if args.model else Workbench.load()
     if not (store_path / "manifest.json").is_file() or not ActivationStore(store_path, verify=False).complete:
+        assert wb is not None  # needs_wb holds
         print(f"building activation store {store_path} ...")
         build_training_store(store_path, wb, args.site, [d for d in args.datasets.split(",") if d],
                              max_records=args.max_records)
-    skip = common_prefix_length(wb) if args.skip_first == "auto" else int(args.skip_first)
+    skip = common_prefix_length(wb) if wb is not None and args.skip_first == "auto" else int(args.skip_first)
     result = train_sae(ActivationStore(store_path), args.site, args.out, architecture=args.arch, d_sae=args.d_sae,
                        k=args.k, total_tokens=args.tokens, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        normalize_activations=args.normalize, skip_first=skip, eval_fraction=args.eval_fraction,

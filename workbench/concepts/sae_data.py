@@ -7,9 +7,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 DEFAULT_SITE = "blocks.15.hook_resid_post"
 # Text sources for a general-purpose SAE on the default model: harmful, sensitive, benign and
@@ -29,7 +33,7 @@ def row_positions(record_index: torch.Tensor) -> torch.Tensor:
     return torch.arange(n) - first
 
 
-def common_prefix_length(wb) -> int:
+def common_prefix_length(wb: Workbench) -> int:
     """Tokens every chat-formatted prompt of ``wb`` starts with (SmolLM2: its default system
     prompt, ~20 tokens); SAEs skip them, they are the same in every record."""
     a = wb.tokenize(["Hello there."]).input_ids[0].tolist()
@@ -139,7 +143,7 @@ class ActivationSource:
                 return
 
 
-def build_training_store(folder: str | os.PathLike, wb, site: str = DEFAULT_SITE,
+def build_training_store(folder: str | os.PathLike, wb: Workbench, site: str = DEFAULT_SITE,
                          datasets: Sequence[str] = DEFAULT_DATASETS, max_records: int | None = None,
                          max_chars: int = 2500, split: str | None = "train", with_responses: bool = True,
                          batch_size: int = 8, progress: bool = True):

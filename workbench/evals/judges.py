@@ -161,7 +161,7 @@ def refusal_log_odds(logits: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
     return log_odds(logits.float().log_softmax(-1)[:, list(ids)].logsumexp(-1))
 
 
-def refusal_score(wb, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def refusal_score(wb: Workbench, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """``[n]`` log-odds that the first response token opens a refusal (one of
     ``REFUSAL_STARTS``' first tokens), from the next-token distribution after the prompt."""
     return log_odds(wb.next_token_logprobs(prompts, [list(REFUSAL_STARTS)], batch_size=batch_size)[:, 0])
@@ -191,7 +191,7 @@ def judge_agreement(judge=None, split: str | None = None, seed: int = 0) -> dict
     return {name: judge_scores(judge(p, r), y) for name, (p, r, y) in labelled_sets(split, seed).items()}
 
 
-def judge_report(wb, seed: int = 0) -> dict[str, dict[str, float]]:
+def judge_report(wb: Workbench, seed: int = 0) -> dict[str, dict[str, float]]:
     """The judges against UncensorBench's human labels, on its test split (the probe judge is fit
     on the train split): ``{judge: judge_scores(...)}``."""
     train, test = labelled_pairs(split="train", seed=seed), labelled_pairs(split="test", seed=seed)

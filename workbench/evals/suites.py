@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from tqdm.auto import tqdm
 from ..data import Record, jailbreak_suite, load_dataset
 from ..stats import wilson_interval
 from .judges import default_judge
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)
 HARMFUL_SOURCES = ("advbench", "harmbench")
@@ -102,19 +106,19 @@ def _last_number(text: str) -> str | None:
     return nums[-1].replace(",", "").rstrip(".") if nums else None
 
 
-def _mmlu(wb, suite: Suite, batch_size: int) -> dict:
+def _mmlu(wb: Workbench, suite: Suite, batch_size: int) -> dict:
     """Accuracy by the answer letter with the highest next-token log-probability."""
     prompts = [f"{r.prompt}\nAnswer with the letter of the correct option." for r in suite.records]
     picks = wb.next_token_logprobs(prompts, list("ABCD"), batch_size=batch_size).argmax(-1).tolist()
     return _rate(np.array(["ABCD"[p] == r.meta["answer"] for p, r in zip(picks, suite.records)]))
 
 
-def _perplexity(wb, suite: Suite, batch_size: int) -> dict:
+def _perplexity(wb: Workbench, suite: Suite, batch_size: int) -> dict:
     """Perplexity of the reference answers (response tokens only) under the model."""
     nll, count = 0.0, 0
     for lo in range(0, len(suite), batch_size):
         recs = suite.records[lo:lo + batch_size]
-        batch = wb.tokenize([r.prompt for r in recs], [r.response for r in recs], padding_side="right")
+        batch = wb.tokenize([r.prompt for r in recs], [r.response or "" for r in recs], padding_side="right")
         logp = wb.forward(batch)[:, :-1].log_softmax(-1)
         target, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]
         token_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -123,7 +127,7 @@ def _perplexity(wb, suite: Suite, batch_size: int) -> dict:
     return {"value": float(np.exp(nll / count)), "ci_low": float("nan"), "ci_high": float("nan"), "n": count}
 
 
-def run_suite(wb, suite: Suite, max_new_tokens: int = 48, batch_size: int = 64, judge=None,
+def run_suite(wb: Workbench, suite: Suite, max_new_tokens: int = 48, batch_size: int = 64, judge=None,
               gsm8k_tokens: int = 256) -> dict:
     """Metrics of one suite; generation suites also return ``samples`` (prompt, response, refused).
     ``max_new_tokens`` is enough to judge a refusal; GSM8K answers get ``gsm8k_tokens``."""
@@ -169,7 +173,7 @@ METRIC_NAMES = {"refusal": "refusal rate", "attack": "attack success rate", "com
                 "perplexity": "perplexity"}
 
 
-def evaluate(wb, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 64,
+def evaluate(wb: Workbench, suites: dict[str, Suite], max_new_tokens: int = 48, batch_size: int = 64,
              progress: bool = True, gsm8k_tokens: int = 256, judge=None) -> dict[str, dict]:
     """Run every suite; ``{suite: {"metric", "value", "ci_low", "ci_high", "n", ["samples"]}}``.
     ``judge(prompts, responses) -> bool array`` (True = refused) defaults to :func:`~workbench.evals.judges.default_judge`."""

@@ -36,11 +36,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._files import write_json_atomic
 from .._log import get_logger
 from ..models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 log = get_logger(__name__)
 
@@ -287,7 +290,7 @@ def needs_sae(exp: GeneralizationExperiment) -> bool:
     return any(v.get("caft_concepts") == "@sae_pick" for v in exp.methods.values())
 
 
-def sae_concepts(exp, base, train_recs, score_recs, labels: dict, folder: Path, path: Path) -> list[str]:
+def sae_concepts(exp, base: Workbench, train_recs, score_recs, labels: dict, folder: Path, path: Path) -> list[str]:
     """``@sae_pick``, CAFT's SAE route without OOD data: at every layer an SAE (sae-lens TopK) trained
     on the base model's activations of ``sae_n`` training examples (every token after the chat
     template's fixed prefix), its ``sae_top`` latents by attribution to the training loss (one
@@ -324,7 +327,7 @@ def sae_concepts(exp, base, train_recs, score_recs, labels: dict, folder: Path, 
     return picked
 
 
-def contrast_concepts(exp, base, recs, spurious: list[int], path: Path):
+def contrast_concepts(exp, base: Workbench, recs, spurious: list[int], path: Path):
     """``@contrast``: the spurious attribute's difference of means (group 1 minus group 0) on the base
     model's training prompts at each of ``contrast_positions``: that many directions per layer,
     orthonormalized. Recomputed when the file was made for other positions."""

@@ -9,10 +9,13 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self, cast
+from typing import TYPE_CHECKING, Self, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 FORMAT = "workbench.intervention"
 FORMAT_VERSION = 1
@@ -43,14 +46,14 @@ class Intervention(nn.Module):
         _REGISTRY[cls.__name__] = cls
 
     # ------------------------------------------------------------------ hooks
-    def as_hooks(self, wb) -> dict:
+    def as_hooks(self, wb: Workbench) -> dict:
         raise NotImplementedError
 
-    def check(self, wb) -> None:
+    def check(self, wb: Workbench) -> None:
         """Raise a clear error if this intervention does not fit ``wb``'s model."""
         self.as_hooks(wb)
 
-    def _check_model_id(self, wb) -> None:
+    def _check_model_id(self, wb: Workbench) -> None:
         if self.model_id and getattr(wb, "model_id", None) and self.model_id != wb.model_id:
             warnings.warn(f"{type(self).__name__} was made for {self.model_id!r} but is applied to "
                           f"{wb.model_id!r}", stacklevel=3)
@@ -169,12 +172,12 @@ class _Positional:
         return repr(self.positions) if isinstance(self.positions, str) else f"mask{tuple(self.positions.shape)}"
 
 
-def _site_width(wb, site: str) -> int:
+def _site_width(wb: Workbench, site: str) -> int:
     """Width of the last (flattened) axis a direction acts on at ``site``."""
     return math.prod(wb.site_shape(site))
 
 
-def _width_error(kind: str, site: str, got: int, wb) -> ValueError:
+def _width_error(kind: str, site: str, got: int, wb: Workbench) -> ValueError:
     return ValueError(f"{kind}: the vectors for site {site!r} have width {got}, but that site has width "
                       f"{_site_width(wb, site)} on {wb.model_id!r} (d_model={wb.d_model}, n_heads={wb.n_heads}, "
                       f"d_head={wb.d_head}); were they computed on another model?")
@@ -198,7 +201,7 @@ class Compose(Intervention):
     def __len__(self) -> int:
         return len(self.items)
 
-    def as_hooks(self, wb) -> dict:
+    def as_hooks(self, wb: Workbench) -> dict:
         out: dict[str, list] = {}
         for item in cast("Iterable[Intervention]", self.items):
             for site, fn in item.as_hooks(wb).items():

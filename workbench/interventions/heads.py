@@ -7,12 +7,16 @@ attention.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..sites import site_name
 from .base import _REGISTRY, Intervention
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 def _normalize_heads(layers, heads, n_heads: int) -> dict[int, list[int]]:
@@ -61,7 +65,7 @@ class _HeadParams(Intervention):
         self.model_id = model_id
 
     @classmethod
-    def for_model(cls, wb, layers: Iterable[int] | None = None, heads=None, **kwargs):
+    def for_model(cls, wb: Workbench, layers: Iterable[int] | None = None, heads=None, **kwargs):
         """Sized for ``wb``; ``layers=None`` and ``heads=None`` means every head of every layer."""
         if heads is None and layers is None:
             layers = range(wb.n_layers)
@@ -108,7 +112,7 @@ class _HeadParams(Intervention):
     def op(self, z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def as_hooks(self, wb) -> dict:
+    def as_hooks(self, wb: Workbench) -> dict:
         self._check_model_id(wb)
         if wb.n_heads != self.n_heads or wb.d_head != self.d_head:
             raise ValueError(f"{type(self).__name__} was built for n_heads={self.n_heads}, d_head={self.d_head} but "

@@ -4,10 +4,14 @@ ablation) and :class:`Steer` (activation addition)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .base import Intervention, _flat, _Positional, _site_width, _width_error
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 
 # ---------------------------------------------------------------------- Ablate
@@ -108,7 +112,7 @@ class Ablate(Intervention, _Positional):
                 out = torch.where(mask[..., None], out, flat)
         return out.reshape(x.shape)
 
-    def as_hooks(self, wb) -> dict:
+    def as_hooks(self, wb: Workbench) -> dict:
         self._check_model_id(wb)
         for site, q in self.Q.items():
             wb.site(site)
@@ -165,7 +169,7 @@ class Steer(Intervention, _Positional):
         out = flat + add if mask is None else flat + mask[..., None].to(x.dtype) * add
         return out.reshape(x.shape)
 
-    def as_hooks(self, wb) -> dict:
+    def as_hooks(self, wb: Workbench) -> dict:
         self._check_model_id(wb)
         wb.site(self.site_name)
         if self.direction.shape[0] != _site_width(wb, self.site_name):

@@ -14,7 +14,7 @@ data.
 from . import coca
 from .errors import RecipeError, RunFolderError
 from .methods import apply_run, caft, count_parameters, load_adapter, load_heads_file, lofit, save_adapter, save_heads_file
-from .methods.caft import diffmeans_directions, load_concepts, pca_directions, random_directions, save_concepts
+from .methods.caft import load_concepts, save_concepts
 from .recipe import Recipe, load_recipe
 from .run_folder import RunFolder, read_metrics, read_run_config
 from .trainer import TrainResult, run_recipe, train
@@ -22,5 +22,4 @@ from .trainer import TrainResult, run_recipe, train
 __all__ = ["Recipe", "RecipeError", "load_recipe", "run_recipe", "train", "TrainResult", "apply_run",
            "RunFolder", "read_metrics", "read_run_config", "RunFolderError", "coca", "caft", "lofit",
            "load_heads_file", "save_heads_file", "load_adapter", "save_adapter",
-           "count_parameters", "diffmeans_directions", "random_directions", "pca_directions",
-           "load_concepts", "save_concepts"]
+           "count_parameters", "load_concepts", "save_concepts"]

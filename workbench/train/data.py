@@ -7,12 +7,16 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..data import Record, load_dataset
 from . import coca
 from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 IGNORE_INDEX = -100
 
@@ -48,7 +52,7 @@ def records_hash(records: Sequence[Record]) -> str:
     return h.hexdigest()[:16]
 
 
-def encode(wb, records: Sequence[Record], cutoff_len: int) -> list[dict]:
+def encode(wb: Workbench, records: Sequence[Record], cutoff_len: int) -> list[dict]:
     """Chat-format each record and keep labels on response tokens only (``-100`` elsewhere).
     Examples longer than ``cutoff_len`` are cut at the end; an example left with no response
     token is dropped (with a count in the error if none remain)."""

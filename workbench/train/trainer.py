@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from .loss import TrainModule
 from .methods import Method, count_parameters, make_method
 from .recipe import Recipe, load_recipe
 from .run_folder import CONFIG_FILE, DATA_FILE, RunFolder, read_metrics
+
+if TYPE_CHECKING:
+    from ..model import Workbench
 
 log = get_logger(__name__)
 
@@ -232,7 +236,7 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
         method.cleanup()
 
 
-def _train(recipe, wb, method, records, examples, run_dir, resume, callbacks, progress) -> TrainResult:
+def _train(recipe, wb: Workbench, method, records, examples, run_dir, resume, callbacks, progress) -> TrainResult:
     from transformers import TrainingArguments, set_seed
 
     set_seed(recipe.seed)  # direction capture must not shift the parameter init

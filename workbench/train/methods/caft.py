@@ -98,7 +98,7 @@ def diffmeans_directions(wb: Workbench, records: Sequence[Record], layers: Seque
     return {s: cs.directions(s) for s in sites}
 
 
-def random_directions(wb: Workbench, layers: Sequence[int], k: int, seed: int) -> dict:
+def layer_random_directions(wb: Workbench, layers: Sequence[int], k: int, seed: int) -> dict:
     """``{site: [k, d]}``: :func:`workbench.concepts.random_directions` at each layer (seed + layer)."""
     from ...concepts import random_directions as random_set
 
@@ -332,7 +332,7 @@ class CaftMixin(_MixinBase):
                                             r.caft_contrast)
                 source = "diffmeans" + (f":{r.caft_contrast}" if r.caft_contrast else "")
             elif r.caft_directions == "random":
-                dirs, source = random_directions(wb, layers, k, r.seed), "random"
+                dirs, source = layer_random_directions(wb, layers, k, r.seed), "random"
             elif r.caft_directions == "pca":
                 dirs, source = pca_directions(wb, self.records, layers, k, r.caft_position, 4 * r.cutoff_len), "pca"
             else:
