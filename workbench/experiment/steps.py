@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._files import write_json_atomic
 from .._log import get_logger
@@ -245,22 +245,35 @@ def judge_for(variant: str | None) -> tuple[Any, str]:
 
 
 @dataclass
-class Evaluate(Step):
-    """The safety suites of one model -> ``eval/{name}/eval.json``. A file judged by another judge
-    (an earlier version's) is judged again from its stored generations, not regenerated."""
+class ModelStep(Step):
+    """A step of one model's evaluation: its file is ``where`` (with ``{name}``) in the experiment folder."""
 
     exp: Experiment
     name: str
     out: Path
     model: Deployed
+    where: ClassVar[str] = ""
+    title: ClassVar[str] = ""
 
     @property
     def path(self) -> Path:
-        return self.out / "eval" / self.name / "eval.json"
+        return self.out / self.where.format(name=self.name)
 
     @property
     def label(self) -> str:  # type: ignore[override]
-        return f"step 5: evaluate {self.name}"
+        return self.title.format(name=self.name)
+
+    def done(self) -> bool:
+        return self.path.is_file()
+
+
+@dataclass
+class Evaluate(ModelStep):
+    """The safety suites of one model -> ``eval/{name}/eval.json``. A file judged by another judge
+    (an earlier version's) is judged again from its stored generations, not regenerated."""
+
+    where: ClassVar[str] = "eval/{name}/eval.json"
+    title: ClassVar[str] = "step 5: evaluate {name}"
 
     def done(self) -> bool:
         if not self.path.is_file():
@@ -296,25 +309,12 @@ def _held_out(exp: Experiment) -> tuple[list[str], list[int]]:
 
 
 @dataclass
-class Erasure(Step):
+class Erasure(ModelStep):
     """Held-out probe accuracy before / after LEACE and the 1-D difference-of-means accuracy at
     ``erasure_layers`` -> ``erasure/{name}/erasure.json``."""
 
-    exp: Experiment
-    name: str
-    out: Path
-    model: Deployed
-
-    @property
-    def path(self) -> Path:
-        return self.out / "erasure" / self.name / "erasure.json"
-
-    @property
-    def label(self) -> str:  # type: ignore[override]
-        return f"step 6: LEACE check of {self.name}"
-
-    def done(self) -> bool:
-        return self.path.is_file()
+    where: ClassVar[str] = "erasure/{name}/erasure.json"
+    title: ClassVar[str] = "step 6: LEACE check of {name}"
 
     def run(self) -> None:
         from ..erasure import erasure_check
@@ -333,26 +333,13 @@ class Erasure(Step):
 
 
 @dataclass
-class Transfer(Step):
+class Transfer(ModelStep):
     """Does the harm signal survive jailbreak wrappers? A probe fit on the plain held-out prompts
     (harmful vs benign) scores the same prompts inside ``transfer_templates`` jailbreak templates, at
     ``erasure_layers`` -> ``transfer/{name}.json`` (accuracy, AUROC, harmful recall per site)."""
 
-    exp: Experiment
-    name: str
-    out: Path
-    model: Deployed
-
-    @property
-    def path(self) -> Path:
-        return self.out / "transfer" / f"{self.name}.json"
-
-    @property
-    def label(self) -> str:  # type: ignore[override]
-        return f"step 7: probe transfer to jailbreak-wrapped prompts, {self.name}"
-
-    def done(self) -> bool:
-        return self.path.is_file()
+    where: ClassVar[str] = "transfer/{name}.json"
+    title: ClassVar[str] = "step 7: probe transfer to jailbreak-wrapped prompts, {name}"
 
     def run(self) -> None:
         import numpy as np
@@ -381,29 +368,16 @@ class Transfer(Step):
 
 
 @dataclass
-class RefusalDirection(Step):
+class RefusalDirection(ModelStep):
     """Arditi et al.'s refusal direction of a trained model (``refusal_positions``; harmful
     AdvBench + HarmBench and harmless benign instructions, train / val splits), and its ID refusal
     rate with the direction ablated everywhere -> ``refusal/{name}.json``. How much of the learned
     refusal one direction carries: ``(refusal - ablated) / (refusal - untouched refusal)``."""
 
-    exp: Experiment
-    name: str
-    out: Path
-    model: Deployed
     n_train: int = 64
     n_val: int = 32
-
-    @property
-    def path(self) -> Path:
-        return self.out / "refusal" / f"{self.name}.json"
-
-    @property
-    def label(self) -> str:  # type: ignore[override]
-        return f"step 8: refusal direction of {self.name}"
-
-    def done(self) -> bool:
-        return self.path.is_file()
+    where: ClassVar[str] = "refusal/{name}.json"
+    title: ClassVar[str] = "step 8: refusal direction of {name}"
 
     def _prompts(self, names: tuple[str, ...], split: str, n: int) -> list[str]:
         from ..data import load_dataset
@@ -414,6 +388,7 @@ class RefusalDirection(Step):
     def run(self) -> None:
         from ..concepts.refusal import directional_ablation, select_refusal_direction
         from ..evals import build_suites, run_suite
+        from ..train import coca
 
         harmful, harmless = ("advbench", "harmbench"), ("benign_instructions",)
         wb = self.model.wb
@@ -428,8 +403,6 @@ class RefusalDirection(Step):
                 return
             suite = build_suites(self.exp.eval_size, self.exp.seed)["id_harmful"]
             judge, _ = judge_for(self.model.coca_variant)
-            from ..train import coca
-
             extra = coca.reasoning_budget(self.model.coca_variant)
             with wb.hooks(directional_ablation(wb, rd.direction)):
                 ablated = run_suite(wb, suite, max_new_tokens=self.exp.max_new_tokens + extra, judge=judge)
