@@ -100,7 +100,7 @@ def write_probe_sweep(store: ActivationStore, out: str | Path, n_folds: int = 5,
     it marks the step done), ``probe_accuracy.html`` and, with head sites, ``head_heatmap.html``.
     With ``prompts`` (the store's, in order) the bag-of-words baseline goes to ``lexical.json`` and
     onto the plot."""
-    from ..plots import head_heatmap, save_html
+    from ..plots import head_heatmap, probe_accuracy_plot, save_html
     from ..probes import probe_sweep, split_heads
 
     if (store.labels < 0).any():
@@ -110,6 +110,8 @@ def write_probe_sweep(store: ActivationStore, out: str | Path, n_folds: int = 5,
     out.mkdir(parents=True, exist_ok=True)
     if prompts is not None:
         write_lexical(table, prompts, store.labels.tolist(), out, n_folds, seed)
+    else:
+        save_html(probe_accuracy_plot(table), out / "probe_accuracy.html")
     if bool((table["kind"] == "z").any()):
         save_html(head_heatmap(table), out / "head_heatmap.html")
     table.to_csv(out / "probes.csv", index=False)
