@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json_atomic
 from .._log import get_logger
-from .config import BASELINE, Experiment, ExperimentError, check_same_settings, plan_training, records
+from .config import BASELINE, Experiment, ExperimentError, check_same_settings, plan_training
 from .steps import (
     CacheAndProbe,
     Deployed,
@@ -24,6 +26,7 @@ from .steps import (
     Train,
     Transfer,
     TwinProbes,
+    prompts_and_labels,
     run_steps,
 )
 from .tables import judges_table, loss_figure, pool_seeds, pool_train_info, probes_table, results_table
@@ -37,13 +40,9 @@ def run_seed(exp: Experiment, out: Path, quick: bool, source: str) -> dict[str, 
     plan, method_runs = plan_training(exp, out)  # fails early on recipes that do not chain
     settings = {"quick": quick, **dataclasses.asdict(exp)}
     check_same_settings(out / "experiment.json", settings)
-    (out / "experiment.json").write_text(json.dumps({"source": source, **settings}, indent=1))
+    write_json_atomic(out / "experiment.json", {"source": source, **settings})
     base = Loaded(exp.model)
-
-    def train_prompts() -> tuple[list[str], list[int]]:  # the store's records, in its order
-        recs = records(exp, "train", exp.n_per_class)
-        return [r.prompt for r in recs], [int(r.label or 0) for r in recs]
-
+    train_prompts = partial(prompts_and_labels, exp, "train", exp.n_per_class)  # the store's records, in order
     steps: list[Step] = [CacheAndProbe(exp, out, base), Lexical(exp, out / "probes", train_prompts)]
     if exp.twin_probes:
         steps.append(TwinProbes(exp, out, base))

@@ -305,9 +305,14 @@ class Evaluate(ModelStep):
         save_metrics(metrics, self.path, self.exp.model, str(self.exp.eval_size), self.exp.seed, judge=judge_name)
 
 
-def _held_out(exp: Experiment) -> tuple[list[str], list[int]]:
-    recs = records(exp, "test", exp.erasure_n_per_class)
+def prompts_and_labels(exp: Experiment, split: str, n: int) -> tuple[list[str], list[int]]:
+    """The prompts and labels of :func:`~.config.records` (same order)."""
+    recs = records(exp, split, n)
     return [r.prompt for r in recs], [int(r.label or 0) for r in recs]
+
+
+def _held_out(exp: Experiment) -> tuple[list[str], list[int]]:
+    return prompts_and_labels(exp, "test", exp.erasure_n_per_class)
 
 
 @dataclass
@@ -347,26 +352,26 @@ class Transfer(ModelStep):
         import numpy as np
 
         from ..data.jailbreaks import fill_template, templates
-        from ..probes import fit_predict, probe_transfer
+        from ..probes import fit_predict
+        from ..stats import score_metrics
 
         prompts, labels = _held_out(self.exp)
         pool = templates(max_chars=1500)
         chosen = random.Random(self.exp.seed).sample(pool, min(self.exp.transfer_templates, len(pool)))
         wrapped = [fill_template(t.prompt, p) for t in chosen for p in prompts]
-        wrapped_labels = labels * len(chosen)
+        wrapped_labels = np.asarray(labels * len(chosen))
         sites = [site_name(l) for l in self.exp.erasure_layers]
         wb = self.model.wb
         with wb.hooks(self.model.hooks):
             plain = wb.capture(prompts, sites, position=self.exp.position, progress=False)
             wrap = wb.capture(wrapped, sites, position=self.exp.position, progress=False)
-        table = probe_transfer(plain, labels, wrap, wrapped_labels, seed=self.exp.seed).set_index("site")
-        (scores,) = fit_predict(plain, np.asarray(labels), [wrap])
-        harmful = np.asarray(wrapped_labels) == 1
-        write_json_atomic(self.path, {"templates": [t.id for t in chosen], "n_plain": len(prompts), "n_wrapped": len(wrapped),
-                                "sites": [{"site": s, "accuracy": float(table.loc[s, "accuracy"]),
-                                           "auroc": float(table.loc[s, "auroc"]),
-                                           "harmful_recall": float((scores[i][harmful] > 0).mean())}
-                                          for i, s in enumerate(sites)]})
+        (scores,) = fit_predict({s: plain[s] for s in sites}, np.asarray(labels), [{s: wrap[s] for s in sites}])
+        metrics = score_metrics(scores, wrapped_labels, seed=self.exp.seed).to_dict("records")  # one row per site
+        harmful = wrapped_labels == 1
+        write_json_atomic(self.path, {
+            "templates": [t.id for t in chosen], "n_plain": len(prompts), "n_wrapped": len(wrapped),
+            "sites": [{"site": s, "accuracy": float(metrics[i]["accuracy"]), "auroc": float(metrics[i]["auroc"]),
+                       "harmful_recall": float((scores[i][harmful] > 0).mean())} for i, s in enumerate(sites)]})
 
 
 @dataclass

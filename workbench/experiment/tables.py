@@ -166,13 +166,13 @@ def pool_seeds(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
 
 def pool_train_info(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """Training summaries over seeds: means of the final loss and the wall time."""
-    out: dict[str, dict] = {}
+    by_run: dict[str, list[dict]] = {}
     for info in per_seed.values():
         for run, summary in info.items():
-            out.setdefault(run, []).append(summary)  # type: ignore[arg-type]
-    return {run: {**rows[0], "last_loss": float(np.mean([r["last_loss"] for r in rows])),  # type: ignore[index]
-                  "wall_s": float(np.mean([r["wall_s"] for r in rows]))}  # type: ignore[index]
-            for run, rows in out.items()}
+            by_run.setdefault(run, []).append(summary)
+    return {run: {**rows[0], "last_loss": float(np.mean([r["last_loss"] for r in rows])),
+                  "wall_s": float(np.mean([r["wall_s"] for r in rows]))}
+            for run, rows in by_run.items()}
 
 
 def loss_figure(method_runs: dict[str, str]):
