@@ -20,20 +20,38 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 6  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 7  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
     # full size: every method trains on the same records for the same number of steps
     assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for r in plan.values())
-    assert {r.dataset for r in plan.values()} == {"advbench,harmbench,benign_instructions"}
+    assert {r.dataset for k, r in plan.items() if not k.startswith("sft_twins:")} == {"advbench,harmbench,benign_instructions"}
+    # method_overrides: sft_twins trains the same recipe on its own data in its own folder
+    twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
+    assert twins.dataset == "advbench,harmbench,benign_instructions,twins_benign" and twins.max_steps == 150
+    assert twins.output_dir == str(tmp_path / "train/sft_twins/sft/lora") != plan[next(k for k in plan if k.endswith("sft/lora.yaml") and ":" not in k)].output_dir
     assert {r.seed for r in plan.values()} == {42}
     # another experiment seed trains every recipe with its own seed plus the experiment's
     exp.seed = 2
     assert {r.seed for r in plan_training(exp, tmp_path)[0].values()} == {44}
     exp.seed = 0
     assert runs == {"sft": str(tmp_path / "train/sft/lora"), "caft": str(tmp_path / "train/caft/diffmeans"),
-                    "lofit": bias.output_dir, "coca": think.output_dir, "coca_tagged": tagged.output_dir}
+                    "lofit": bias.output_dir, "coca": think.output_dir, "coca_tagged": tagged.output_dir,
+                    "sft_twins": twins.output_dir}
+    # an overridden chained method runs its whole chain itself: its warm start and heads are its own
+    exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
+    plan, runs = plan_training(exp, tmp_path)
+    own = {Path(k).stem: r for k, r in plan.items() if k.startswith("coca:")}
+    assert set(own) == {"head", "bias_tuning", "think_warm"}
+    assert all(r.learning_rate == 1e-4 and r.output_dir.startswith(str(tmp_path / "train/coca/")) for r in own.values())
+    assert own["think_warm"].warm_start_from == own["bias_tuning"].output_dir
+    assert own["bias_tuning"].lofit_heads_path == str(tmp_path / "train/coca/lofit/head/heads.json")
+    assert tagged.warm_start_from == bias.output_dir  # the other methods keep the shared runs
+    assert plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))].warm_start_from == str(tmp_path / "train/lofit/bias_tuning")
+    with pytest.raises(ExperimentError, match="method_overrides names methods the experiment lacks"):
+        Experiment.from_dict({"methods": {"sft": ["a.yaml"]}, "method_overrides": {"sfft": {}}})
+    exp.method_overrides = {}
     quick = Experiment.from_yaml(default_experiment(), quick=True)
     assert quick.eval_size == "tiny" and quick.train_overrides["max_steps"] < exp.train_overrides["max_steps"]
 

@@ -41,6 +41,9 @@ class Experiment:
     # training: method name -> recipe paths run in order (the last one is the method's model)
     methods: dict[str, list[str]] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    # method name -> recipe changes on top of train_overrides (e.g. other data); such a method runs all
+    # its recipes itself in train/{method}/ (it shares no run with the other methods)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # evaluation
     eval_size: Any = "quick"
     max_new_tokens: int = 48
@@ -62,6 +65,9 @@ class Experiment:
                        for name, recipes in exp.methods.items()}
         if BASELINE in exp.methods:
             raise ExperimentError(f"{source}: {BASELINE!r} is the untouched model; give the method another name")
+        unknown = sorted(set(exp.method_overrides) - set(exp.methods))
+        if unknown:
+            raise ExperimentError(f"{source}: method_overrides names methods the experiment lacks: {unknown}")
         return exp
 
     @classmethod
@@ -84,23 +90,27 @@ def _norm(path: str | Path) -> str:
 def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
     """Rewire every recipe into ``out/train/``: ``({recipe path: Recipe}, {method: run folder})``.
 
-    A recipe shared by several methods (LoFIT's head selection) runs once. ``warm_start_from`` and a
+    A recipe shared by several methods (LoFIT's head selection) runs once, unless a method has
+    ``method_overrides``: then all its recipes run for it alone in ``out/train/{method}/``. ``warm_start_from`` and a
     phase v ``lofit_heads_path`` must point at the run of a recipe listed before it. Each recipe
     trains with its own seed plus the experiment's ``seed``."""
     from ..train import RecipeError, load_recipe
     from ..train.methods import Rewiring, method_class
 
-    plan, moved, method_runs = {}, {}, {}
+    plan, shared, method_runs = {}, {}, {}
     for method, paths in exp.methods.items():
         if not paths:
             raise ExperimentError(f"method {method!r} lists no recipe")
+        own = exp.method_overrides.get(method)
+        moved = {} if own else shared  # an overridden method's recipes point at its own runs only
         for path in paths:
-            key = _norm(path)
+            key = _norm(path) if not own else f"{method}:{_norm(path)}"
             if key not in plan:
                 recipe = load_recipe(path)
-                name = "/".join(Path(key).with_suffix("").parts[-2:])
-                new_dir = out / "train" / name
-                changes = {"output_dir": str(new_dir), "model_name_or_path": exp.model, **exp.train_overrides}
+                name = "/".join(Path(_norm(path)).with_suffix("").parts[-2:])
+                new_dir = out / "train" / (f"{method}/{name}" if own else name)
+                changes = {"output_dir": str(new_dir), "model_name_or_path": exp.model, **exp.train_overrides,
+                           **(own or {})}
                 changes["seed"] = changes.get("seed", recipe.seed) + exp.seed
                 rewiring = Rewiring(new_dir, str(path), method, moved, out / "concepts" / "harmful.safetensors",
                                     list(exp.concept_layers))
@@ -137,13 +147,14 @@ def twin_records(exp: Experiment, split: str = "train") -> RecordList:
 
 def check_same_settings(path: Path, settings: dict) -> None:
     """Finished steps are reused by file presence: refuse a folder made with other settings
-    (e.g. ``--quick`` then the full size) instead of mixing their results. Methods may differ; a key
+    (e.g. ``--quick`` then the full size) instead of mixing their results. Methods (and their
+    ``method_overrides``) may differ: a method's runs are its own folders; a key
     the folder's file lacks is a later addition and passes at its default (its steps only add files)."""
     if not path.is_file():
         return
     old = json.loads(path.read_text())
     defaults = {k: json.loads(json.dumps(v)) for k, v in dataclasses.asdict(Experiment()).items()}
-    changed = sorted(k for k in settings if k != "methods" and old.get(k, defaults.get(k)) != json.loads(
+    changed = sorted(k for k in settings if k not in ("methods", "method_overrides") and old.get(k, defaults.get(k)) != json.loads(
         json.dumps(settings[k])))
     if changed:
         raise ExperimentError(f"{path.parent} holds an experiment run with other settings ({', '.join(changed)}); "

@@ -10,6 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._files import write_json_atomic
 from .._log import get_logger
 from .config import BASELINE, Experiment, ExperimentError, check_same_settings, plan_training
@@ -86,8 +88,18 @@ def collect(out: Path, method_runs: dict[str, str]) -> tuple[dict[str, dict], di
                 res[key] = json.loads(path.read_text())
         results[name] = res
         if run_dir:
-            train_info[name] = json.loads((Path(run_dir) / "summary.json").read_text())
+            train_info[name] = {**json.loads((Path(run_dir) / "summary.json").read_text()),
+                                "tail_loss": tail_loss(run_dir)}
     return results, train_info
+
+
+def tail_loss(run_dir: str | Path, last: int = 10) -> float | None:
+    """Mean training loss of the run's last ``last`` logged steps (one step's loss is noisy), or None
+    when it logged none."""
+    from ..train import RunFolder
+
+    losses = [r["loss"] for r in RunFolder(run_dir).metrics() if "loss" in r and "step" in r]
+    return float(np.mean(losses[-last:])) if losses else None
 
 
 def write_outputs(out: Path, results: dict, train_info: dict, paired: list[dict], judges: dict,
@@ -151,7 +163,8 @@ def run_experiment(path: str | Path, quick: bool = False, out: str | Path | None
         results, train_info = pool_seeds(per_seed), pool_train_info(per_train)
         paired = paired_suite_tests(list(per_seed.values()))
         header = (f"Seeds {', '.join(map(str, exp.seeds))} (each its own training runs and test prompts); values pooled "
-                  f"over seeds with one Wilson 95% interval, the per-seed range in brackets after it.")
+                  f"over seeds with one Wilson 95% interval, the per-seed range in brackets after it."
+                  if len(exp.seeds) > 1 else f"Seed {exp.seeds[0]}; intervals: Wilson 95%.")
     judges = json.loads((seed_dirs[0] / "judges.json").read_text())
     probe_folders = {"length-matched (training prompts)": seed_dirs[0] / "probes",
                      "style-matched twins": seed_dirs[0] / "probes_twins"}

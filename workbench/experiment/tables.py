@@ -75,7 +75,7 @@ def results_table(results: dict[str, dict], train_info: dict[str, dict]) -> str:
                 carried.append(f"{(refusal_rate - r['refusal_ablated']['value']) / learned:.2f}")
         lines.append(_row("share of learned refusal the direction carries", carried))
     for key, label in (("n_trainable", "trainable parameters"), ("steps", "training steps"),
-                       ("last_loss", "final training loss"), ("wall_s", "training time (s)")):
+                       ("tail_loss", "training loss, mean of the last 10 steps"), ("wall_s", "training time (s)")):
         cells = [train_info.get(n, {}).get(key) for n in names]
         lines.append(_row(label, [("–" if c is None else f"{c:,}" if isinstance(c, int) else f"{c:.3g}")
                                   for c in cells]))
@@ -165,13 +165,17 @@ def pool_seeds(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
 
 
 def pool_train_info(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
-    """Training summaries over seeds: means of the final loss and the wall time."""
+    """Training summaries over seeds: means of the final losses and the wall time."""
     by_run: dict[str, list[dict]] = {}
     for info in per_seed.values():
         for run, summary in info.items():
             by_run.setdefault(run, []).append(summary)
-    return {run: {**rows[0], "last_loss": float(np.mean([r["last_loss"] for r in rows])),
-                  "wall_s": float(np.mean([r["wall_s"] for r in rows]))}
+
+    def mean(rows: list[dict], key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {run: {**rows[0], **{k: mean(rows, k) for k in ("last_loss", "tail_loss", "wall_s")}}
             for run, rows in by_run.items()}
 
 
