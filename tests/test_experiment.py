@@ -30,7 +30,7 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     # method_overrides: sft_twins trains the same recipe on its own data in its own folder
     twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
     assert twins.dataset == "advbench,harmbench,benign_instructions,twins_benign" and twins.max_steps == 150
-    assert twins.output_dir == str(tmp_path / "train/sft_twins/sft/lora") != plan[next(k for k in plan if k.endswith("sft/lora.yaml") and ":" not in k)].output_dir
+    assert twins.output_dir == str(tmp_path / "train/sft_twins/sft/lora")
     assert {r.seed for r in plan.values()} == {42}
     # another experiment seed trains every recipe with its own seed plus the experiment's
     exp.seed = 2
