@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import models
 from ._forward import decoder_and_head, hidden_states
 from .backends import BACKENDS, HookFn, StopForward, make_backend
+from .batching import plan_batches
 from .chat import ChatBatch, ChatFormatter
 from .generation import eos_token_ids, fast_path_ok, greedy_decode
 from .sites import (
@@ -313,11 +314,20 @@ class Workbench:
         greedy = not do_sample and not kwargs and self.backend.persistent_hooks
         hook_free = greedy and self.backend.installed_count() == 0 and fast_path_ok(self.model)
         eos = eos_token_ids(self.model, self.tokenizer)
-        # Batch prompts of similar length together (less padding); answers return in input order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        # Greedy: prompts sharing a template run together (its prefix is computed once), the rest by
+        # length (less padding); see workbench.batching. Answers return in input order.
+        if not prompts:
+            return []
+        if greedy:
+            ids = self.tokenize(prompts, padding_side="right")
+            lengths = ids.attention_mask.sum(1).tolist()
+            batches = plan_batches([row[:n] for row, n in zip(ids.input_ids.tolist(), lengths)], batch_size,
+                                   max_new_tokens)
+        else:
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            batches = [order[lo:lo + batch_size] for lo in range(0, len(prompts), batch_size)]
         out: list[str] = [""] * len(prompts)
-        for lo in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
-            idx = order[lo:lo + batch_size]
+        for idx in tqdm(batches, desc="generate", disable=not progress):
             batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if greedy else "left")
             batch = batch.to(self.device)
             if greedy:
