@@ -30,7 +30,7 @@ def main() -> None:
 
     import workbench.model as model_module
     from workbench import Workbench
-    from workbench.batching import plan_batches
+    from workbench.batching import STEP_TOKENS, plan_batches
     from workbench.evals.suites import build_suites
     from workbench.generation import eos_token_ids, greedy_decode
 
@@ -73,25 +73,29 @@ def main() -> None:
     print(f"  {'all':<14} {'':<6} length chunks {total['chunks']:7.1f}  planned {total['planned']:7.1f}  "
           f"{total['chunks'] / total['planned']:5.2f}x")
 
-    # the planner's constant: decode-step time / prefill time per token
+    # the planner's constant: a decode step's fixed cost (its time at batch 1; each row's own share is
+    # paid under any split) over one prefilled token's time
     eos = eos_token_ids(wb.model, wb.tokenizer)
     long_prompt = " ".join(r.prompt for r in suites["ood_template"].records[:2])
     one = wb.tokenize([long_prompt], padding_side="right")
-    many = wb.tokenize([r.prompt for r in suites["id_harmful"].records[:32]], padding_side="right")
-    def timed(fn):
+    short = wb.tokenize([suites["id_harmful"].records[0].prompt], padding_side="right")
+
+    def timed(fn) -> float:
         ts = []
         for _ in range(3):
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
+
+    steps = 33
     prefill = timed(lambda: greedy_decode(wb.model, one.input_ids, one.attention_mask, 1, eos, fast=True))
-    steps = 17
-    decode = timed(lambda: greedy_decode(wb.model, many.input_ids, many.attention_mask, steps, [-1], fast=True))
-    first = timed(lambda: greedy_decode(wb.model, many.input_ids, many.attention_mask, 1, [-1], fast=True))
+    decode = timed(lambda: greedy_decode(wb.model, short.input_ids, short.attention_mask, steps, [-1], fast=True))
+    first = timed(lambda: greedy_decode(wb.model, short.input_ids, short.attention_mask, 1, [-1], fast=True))
     per_token, per_step = prefill / one.input_ids.shape[1], (decode - first) / (steps - 1)
-    print(f"  prefill {1000 * per_token:.2f} ms/token (batch 1, {one.input_ids.shape[1]} tokens); decode step at batch 32 "
-          f"{1000 * per_step:.1f} ms = {per_step / per_token:.1f} prefill tokens (workbench.batching.STEP_TOKENS)")
+    print(f"  prefill {1000 * per_token:.2f} ms/token (batch 1, {one.input_ids.shape[1]} tokens); a decode step at batch 1 "
+          f"{1000 * per_step:.1f} ms = {per_step / per_token:.1f} prefill tokens (workbench.batching.STEP_TOKENS "
+          f"= {STEP_TOKENS})")
     if any(differ.values()):
         raise SystemExit(f"planned batches changed answers: {differ}")
 

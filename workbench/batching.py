@@ -4,8 +4,8 @@ template once per batch instead of once per prompt; the rest are batched by leng
 
 The plan minimizes a cost in prefill-token equivalents over contiguous batches of one order,
 by dynamic programming: a batch costs its shared prefix once, every row's padded rest
-(``rows x (longest - prefix)``), and ``step_tokens x max_new_tokens`` for its decode loop (a decode
-step reads every weight once whatever the batch, so an extra batch costs its steps).
+(``rows x (longest - prefix)``), and ``step_tokens x max_new_tokens`` for its decode loop: a decode
+step's fixed cost (the per-row part is paid under any split, so it does not enter).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from ._forward import MIN_SHARED_PREFIX
 
-# One decode step of SmolLM2-135M on 2 CPU cores costs about as much as prefilling this many tokens
-# (``python bench/generate.py`` prints the measured ratio).
+# A decode step's fixed cost (its time at batch 1) in prefilled tokens of SmolLM2-135M on 2 CPU
+# cores (``python bench/eval_generate.py`` measures it).
 STEP_TOKENS = 16
 GROUP_MIN = 16  # tokens beyond the prefix every prompt shares that make a group worth keeping together
 
