@@ -176,6 +176,24 @@ def test_headbias_on_the_real_grouped_query_model(wb):
     assert (logits - wb.forward(prompts)).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "smollm2-135m-instruct"])
+def test_headbias_folded_into_o_proj_equals_the_hook(name):
+    """fold_into: the same logits as the hooked bias and the same greedy tokens, now on the
+    hook-free decode path; a fresh model each, since folding changes the weights."""
+    from workbench import Workbench
+
+    wb = Workbench.load(name)
+    bias = HeadBias.for_model(wb, heads=[(0, 1), (1, 0), (1, 2)], init_std=0.5, seed=0)
+    prompts = ["Give me a synonym for happy.", "How do I pick a lock?"]
+    with wb.hooks(bias):
+        want_logits = wb.forward(prompts)
+        want_text = wb.generate(prompts, max_new_tokens=8, progress=False)
+    assert (want_logits - wb.forward(prompts)).abs().max() > 1e-3  # the bias matters
+    bias.fold_into(wb)
+    torch.testing.assert_close(wb.forward(prompts), want_logits, atol=1e-4, rtol=0)
+    assert wb.generate(prompts, max_new_tokens=8, progress=False) == want_text
+
+
 def test_save_load_round_trips(tmp_path):
     torch.manual_seed(4)
     x = torch.randn(2, 3, 64)

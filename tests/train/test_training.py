@@ -168,6 +168,10 @@ def test_lofit_phase_a_finds_planted_heads_and_drives_phase_v(tmp_path, data):
         want = wb_v.forward(prompts)
     torch.testing.assert_close(got, want, atol=0, rtol=0)
     assert (got - wb2.forward(prompts)).abs().max() > 0
+    # or folded into the attention output projections: nothing to install, the same logits
+    wb3 = Workbench.load("tiny-llama")
+    assert len(apply_run(v.run_dir, wb3, fold_biases=True)) == 0
+    torch.testing.assert_close(wb3.forward(prompts), want, atol=1e-5, rtol=0)
 
 
 def test_full_finetuning_saves_a_loadable_model(tmp_path, data):

@@ -71,8 +71,8 @@ class Loaded:
 
 
 class Deployed(Loaded):
-    """A model as a method left it (``run_dir=None``: the untouched model) with the hooks it needs at
-    inference (LoFIT's head biases), loaded on first use."""
+    """A model as a method left it (``run_dir=None``: the untouched model), loaded on first use; LoFIT's
+    head biases are folded into the weights (the hook-free generation path)."""
 
     def __init__(self, model: str, run_dir: str | None):
         super().__init__(model)
@@ -83,7 +83,7 @@ class Deployed(Loaded):
         if self._hooks is None:
             from ..train import apply_run
 
-            self._hooks = apply_run(self.run_dir, self.wb) if self.run_dir else {}
+            self._hooks = apply_run(self.run_dir, self.wb, fold_biases=True) if self.run_dir else {}
         return self._hooks
 
     @property

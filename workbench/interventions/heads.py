@@ -7,7 +7,7 @@ attention.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -175,6 +175,35 @@ class HeadBias(_HeadParams):
 
     def op(self, z, full):
         return z + full
+
+    def fold_into(self, wb: Workbench) -> None:
+        """Make the biases part of ``wb``'s weights: each chosen layer's attention output projection
+        gets ``bias += W_O v`` (``v`` ``[n_heads * d_head]``, zeros off the chosen heads), since
+        ``o_proj(z + v) = o_proj(z) + W_O v``. The same model with no hook to install, so generation
+        takes the hook-free path; ``hook_z`` then shows z without ``v``. In place, for inference."""
+        self.check(wb)
+        with torch.no_grad():
+            for l in self.heads:
+                lin = _o_proj(wb, l)
+                add = lin.weight @ self.full(l, lin.weight).reshape(-1)
+                if lin.bias is None:
+                    lin.register_parameter("bias", nn.Parameter(add, requires_grad=False))
+                else:
+                    lin.bias.add_(add)
+
+
+def _o_proj(wb: Workbench, layer: int) -> nn.Linear:
+    """Layer ``layer``'s attention output projection (the module ``hook_z`` feeds)."""
+    from .._forward import decoder_and_head
+
+    decoder: Any = decoder_and_head(wb.model)[0]  # a PreTrainedModel's decoder: nn.Module's stubs type .layers as Tensor
+    block = decoder.layers[layer]
+    attn = block.attn if hasattr(block, "attn") else block.self_attn  # bridged / plain Hugging Face
+    o = attn.o if hasattr(attn, "o") else attn.o_proj
+    lin = getattr(o, "original_component", o)
+    if not isinstance(lin, nn.Linear):
+        raise TypeError(f"layer {layer}'s attention output is a {type(lin).__name__}, not an nn.Linear")
+    return lin
 
 
 # ---------------------------------------------------------------------- Compose

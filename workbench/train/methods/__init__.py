@@ -60,11 +60,14 @@ def validate(recipe: Recipe, need: Need) -> None:
                      f"{key} is set but finetuning_type is {recipe.finetuning_type!r}, not {other.name!r}")
 
 
-def apply_run(run_dir: str | Path, wb: Workbench) -> Compose:
+def apply_run(run_dir: str | Path, wb: Workbench, fold_biases: bool = False) -> Compose:
     """Make ``wb`` the model a finished run produced: LoRA adapters (lora, caft) and full weights are
     loaded into ``wb.model`` in place; the returned interventions (LoFIT phase v's head biases) must
     be installed at inference: ``with wb.hooks(apply_run(run, wb)): ...``. CAFT's ablation is not
-    returned (the deployed model runs without it); LoFIT phase A's scales only select heads."""
+    returned (the deployed model runs without it); LoFIT phase A's scales only select heads.
+    ``fold_biases=True`` adds the head biases to the attention output projections instead
+    (:meth:`HeadBias.fold_into`: same outputs, no hook, the fast generation path); they are then
+    not returned."""
     import warnings
 
     run = RunFolder(run_dir)
@@ -72,6 +75,13 @@ def apply_run(run_dir: str | Path, wb: Workbench) -> Compose:
     if cfg.get("model_id") != wb.model_id:
         warnings.warn(f"run {run_dir} trained {cfg.get('model_id')!r}; applying it to {wb.model_id!r}", stacklevel=2)
     items = method_class(cfg["recipe"]).apply(run, cfg["recipe"], wb)
+    if fold_biases:
+        from ...interventions import HeadBias
+
+        for item in items:
+            if isinstance(item, HeadBias):
+                item.fold_into(wb)
+        items = [i for i in items if not isinstance(i, HeadBias)]
     wb.model.eval()
     return Compose(*items)
 
