@@ -31,10 +31,11 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 def _order(ids: Sequence[Sequence[int]]) -> list[int]:
     """Prompts that share ``GROUP_MIN`` tokens more than all do, each group by length, then the rest by length."""
     lex = sorted(range(len(ids)), key=lambda i: tuple(ids[i]))
-    common = min((_lcp(ids[a], ids[b]) for a, b in zip(lex, lex[1:])), default=0)
+    lcps = [_lcp(ids[a], ids[b]) for a, b in zip(lex, lex[1:])]  # each prompt's with the next, in lex order
+    common = min(lcps, default=0)
     groups: list[list[int]] = [[lex[0]]] if lex else []
-    for a, b in zip(lex, lex[1:]):
-        if _lcp(ids[a], ids[b]) >= common + GROUP_MIN:
+    for b, lcp in zip(lex[1:], lcps):
+        if lcp >= common + GROUP_MIN:
             groups[-1].append(b)
         else:
             groups.append([b])
