@@ -328,18 +328,19 @@ class Workbench:
             batches = [order[lo:lo + batch_size] for lo in range(0, len(prompts), batch_size)]
         out: list[str] = [""] * len(prompts)
         for idx in tqdm(batches, desc="generate", disable=not progress):
-            batch = self.tokenize([prompts[i] for i in idx], padding_side="right" if greedy else "left")
-            batch = batch.to(self.device)
-            if greedy:
-                new = greedy_decode(self.model, batch.input_ids, batch.attention_mask, max_new_tokens, eos,
-                                    fast=hook_free)
+            if greedy:  # the batch's rows of the right-padded tokenization, cut to its longest row
+                width = max(lengths[i] for i in idx)
+                input_ids, mask = ids.input_ids[idx, :width], ids.attention_mask[idx, :width]
+                new = greedy_decode(self.model, input_ids.to(self.device), mask.to(self.device), max_new_tokens,
+                                    eos, fast=hook_free)
             else:
+                batch = self.tokenize([prompts[i] for i in idx], padding_side="left").to(self.device)
                 with torch.no_grad():
-                    ids = self.model.generate(
+                    gen = self.model.generate(
                         input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                         max_new_tokens=max_new_tokens, do_sample=do_sample,
                         pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-                new = ids[:, batch.input_ids.shape[1]:].tolist()
+                new = gen[:, batch.input_ids.shape[1]:].tolist()
             for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
                 out[i] = text
         return out
