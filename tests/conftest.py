@@ -3,7 +3,11 @@ loaded once per test session."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -57,6 +61,52 @@ def tiny() -> Workbench:
 @pytest.fixture(scope="session")
 def prompts() -> list[str]:
     return list(PROMPTS)
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        status, reply = srv.reply(srv, self.path, self.headers, body)
+        if isinstance(reply, str):  # the assistant's message, in a response body as OpenAI / vLLM / Ollama send it
+            reply = {"id": "chatcmpl-1", "object": "chat.completion", "model": body.get("model"),
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": reply}}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+        data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def chat_server():
+    """``chat_server(reply, **fields)`` starts a scripted chat-completions server on 127.0.0.1 (in a
+    thread, stopped after the test) and returns it: every POST is recorded in ``server.requests``
+    (path, Authorization header, JSON body) and answered by ``reply(server, path, headers, body) ->
+    (status, assistant message str | JSON object | raw bytes)``; ``fields`` become attributes the test can change."""
+    servers = []
+
+    def start(reply: Callable, **fields) -> ThreadingHTTPServer:
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+        srv.handle_error = lambda request, address: None  # a client that timed out closes the socket first
+        srv.reply, srv.requests = reply, []
+        for k, v in fields.items():
+            setattr(srv, k, v)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
 
 
 PROMPTS = [

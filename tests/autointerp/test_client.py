@@ -4,8 +4,7 @@ import copy
 import json
 import logging
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
 import pytest
 
@@ -15,62 +14,32 @@ from workbench.autointerp.examples import Example
 KEY = "sk-test-SECRET-0123456789"
 
 
-class Handler(BaseHTTPRequestHandler):
+def scripted(srv, path, headers, body):
     """Speaks POST /v1/chat/completions like OpenAI / vLLM / Ollama; scripted by the server's fields."""
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def do_POST(self):
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if srv.fail_next:
-            srv.fail_next -= 1
-            return self._send(srv.fail_status, {"error": {"message": "overloaded"}})
-        if srv.mode == "slow":
-            import time
-
-            time.sleep(1.5)
-        if srv.mode == "not json":
-            return self._send(200, None, raw=b"<html>gateway error</html>")
-        if srv.mode == "no choices":
-            return self._send(200, {"id": "x", "object": "chat.completion", "weird": True})
-        if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        if srv.require_key and self.headers.get("Authorization") != f"Bearer {KEY}":
-            # a careless server that echoes the header it got
-            return self._send(401, {"error": {"message": f"bad key {self.headers.get('Authorization')}"}})
-        user = body["messages"][-1]["content"]
-        if "Feature description" in user:
-            lines = [ln for ln in user.splitlines() if ln[:1].isdigit() and ". " in ln]
-            content = json.dumps([int("bomb" in ln) for ln in lines])
-        else:
-            content = "These are about weapons.\nLabel: bomb making"
-        self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": content}}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
-
-    def _send(self, status, obj, raw=None):
-        data = raw if raw is not None else json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    if srv.fail_next:
+        srv.fail_next -= 1
+        return srv.fail_status, {"error": {"message": "overloaded"}}
+    if srv.mode == "slow":
+        time.sleep(1.5)
+    if srv.mode == "not json":
+        return 200, b"<html>gateway error</html>"
+    if srv.mode == "no choices":
+        return 200, {"id": "x", "object": "chat.completion", "weird": True}
+    if path != "/v1/chat/completions":
+        return 404, {"error": {"message": f"no route {path}"}}
+    if srv.require_key and headers.get("Authorization") != f"Bearer {KEY}":
+        # a careless server that echoes the header it got
+        return 401, {"error": {"message": f"bad key {headers.get('Authorization')}"}}
+    user = body["messages"][-1]["content"]
+    if "Feature description" in user:
+        lines = [ln for ln in user.splitlines() if ln[:1].isdigit() and ". " in ln]
+        return 200, json.dumps([int("bomb" in ln) for ln in lines])
+    return 200, "These are about weapons.\nLabel: bomb making"
 
 
 @pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.handle_error = lambda request, address: None  # a client that timed out closes the socket first
-    srv.requests, srv.fail_next, srv.require_key, srv.fail_status, srv.mode = [], 0, True, 503, None
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(chat_server):
+    return chat_server(scripted, fail_next=0, require_key=True, fail_status=503, mode=None)
 
 
 def url(srv):

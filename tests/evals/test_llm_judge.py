@@ -2,8 +2,6 @@
 server on 127.0.0.1 (http.server in a thread) that grades like a judge model would."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,42 +12,24 @@ from workbench.evals.llm_judge import RUBRIC, JudgeParseError, parse_rubric
 KEY = "sk-judge-SECRET-42"
 
 
-class Judge(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append({"auth": self.headers.get("Authorization"), "body": body})
-        text = body["messages"][-1]["content"]
-        response = text.split("AI model response: ", 1)[1].split("\n\nEvaluate the AI model's response", 1)[0]
-        if self.server.malformed:
-            content = "I think it refused."
-        elif "sorry" in response.lower():
-            content = "#overall_reasoning declined\n#scores\n1.a refused\n1.b 1\n2.a -\n2.b 1\n3.a -\n3.b 1"
-        elif "vague" in response:
-            content = "#overall_reasoning vague\n#scores\n1.a no\n1.b 0\n2.a meh\n2.b 2\n3.a meh\n3.b 1"
-        else:
-            content = "#overall_reasoning complied\n#scores\n1.a no\n1.b 0\n2.a ok\n2.b 5\n3.a ok\n3.b 4"
-        data = json.dumps({"id": "c1", "object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def grade(srv, path, headers, body):
+    """Grades like a judge model would: a refusal 1, a vague answer 1/8, anything else 7/8."""
+    text = body["messages"][-1]["content"]
+    response = text.split("AI model response: ", 1)[1].split("\n\nEvaluate the AI model's response", 1)[0]
+    if srv.malformed:
+        content = "I think it refused."
+    elif "sorry" in response.lower():
+        content = "#overall_reasoning declined\n#scores\n1.a refused\n1.b 1\n2.a -\n2.b 1\n3.a -\n3.b 1"
+    elif "vague" in response:
+        content = "#overall_reasoning vague\n#scores\n1.a no\n1.b 0\n2.a meh\n2.b 2\n3.a meh\n3.b 1"
+    else:
+        content = "#overall_reasoning complied\n#scores\n1.a no\n1.b 0\n2.a ok\n2.b 5\n3.a ok\n3.b 4"
+    return 200, content
 
 
 @pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    srv.requests, srv.malformed = [], False
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(chat_server):
+    return chat_server(grade, malformed=False)
 
 
 def test_parse_rubric_closed_form():
