@@ -131,20 +131,11 @@ def cmd_refusal_direction(args) -> Path:
     """Arditi et al.'s refusal direction of a model or a run: select, save, optionally export."""
     from contextlib import nullcontext
 
-    from .concepts.refusal import export_ablated, select_refusal_direction
-    from .data import load_dataset
+    from .concepts.refusal import export_ablated, refusal_prompts, select_refusal_direction
 
-    def prompts(names: str, split: str, n: int) -> list[str]:  # short instructions, as the paper's
-        recs = [r for name in names.split(",") for r in load_dataset(name.strip(), split=split)]
-        return [r.prompt for r in recs if len(r.prompt) <= args.max_chars][:n]
-
+    sets = refusal_prompts([n.strip() for n in args.harmful.split(",")], [n.strip() for n in args.harmless.split(",")],
+                           args.n_train, args.n_val, args.max_chars, args.seed)
     wb, deployed = _load_for_eval(args.target)
-    sets = {f"{kind}_{split}": prompts(names, split, n) for kind, names in (("harmful", args.harmful),
-                                                                            ("harmless", args.harmless))
-            for split, n in (("train", args.n_train), ("val", args.n_val))}
-    empty = [k for k, v in sets.items() if not v]
-    if empty:
-        raise ValueError(f"no prompts for {empty}: check --harmful / --harmless")
     positions = [int(p) for p in args.positions.split(",")] if args.positions != "all" else None
     with wb.hooks(deployed) if deployed else nullcontext():
         rd = select_refusal_direction(wb, sets["harmful_train"], sets["harmless_train"], sets["harmful_val"],
@@ -286,11 +277,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rdir.add_argument("--harmful", default="advbench,harmbench", help="comma-separated harmful datasets")
     rdir.add_argument("--harmless", default="benign_instructions", help="comma-separated harmless datasets")
     rdir.add_argument("--n-train", type=int, default=64, help="prompts per class for the means (train split)")
-    rdir.add_argument("--n-val", type=int, default=24, help="prompts per class for the scores (val split)")
+    rdir.add_argument("--n-val", type=int, default=32, help="prompts per class for the scores (val split)")
     rdir.add_argument("--positions", default="-1", help="post-instruction positions to try (--positions=-2,-1), comma-separated "
                       "negative indices, or 'all' (3 passes over the validation prompts per position and layer)")
     rdir.add_argument("--kl-max", type=float, default=0.1, help="largest KL on harmless prompts when ablated")
-    rdir.add_argument("--max-chars", type=int, default=600, help="longest prompt used (characters)")
+    rdir.add_argument("--max-chars", type=int, default=300, help="longest prompt used (characters)")
+    rdir.add_argument("--seed", type=int, default=0, help="prompt sampling seed (the experiment's seed gives its "
+                      "step's prompts)")
     rdir.add_argument("--induce-min", type=float, default=0.0, help="smallest refusal score on harmless prompts "
                       "with the direction added")
     rdir.add_argument("--prune-layers", type=float, default=0.2, help="fraction of the last layers left out")

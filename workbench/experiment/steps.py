@@ -386,25 +386,17 @@ class RefusalDirection(ModelStep):
     where: ClassVar[str] = "refusal/{name}.json"
     title: ClassVar[str] = "step 8: refusal direction of {name}"
 
-    def _prompts(self, names: tuple[str, ...], split: str, n: int) -> list[str]:
-        from ..data import load_dataset
-
-        recs = [r for name in names for r in load_dataset(name, split=split) if len(r.prompt) <= 300]
-        return [r.prompt for r in random.Random(self.exp.seed).sample(recs, min(n, len(recs)))]
-
     def run(self) -> None:
-        from ..concepts.refusal import directional_ablation, select_refusal_direction
+        from ..concepts.refusal import directional_ablation, refusal_prompts, select_refusal_direction
         from ..evals import build_suites, run_suite
         from ..train import coca
 
-        harmful, harmless = ("advbench", "harmbench"), ("benign_instructions",)
+        sets = refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], self.n_train, self.n_val,
+                               seed=self.exp.seed)
         wb = self.model.wb
         with wb.hooks(self.model.hooks):
             try:
-                rd = select_refusal_direction(
-                    wb, self._prompts(harmful, "train", self.n_train), self._prompts(harmless, "train", self.n_train),
-                    self._prompts(harmful, "val", self.n_val), self._prompts(harmless, "val", self.n_val),
-                    positions=list(self.exp.refusal_positions), progress=False)
+                rd = select_refusal_direction(wb, **sets, positions=list(self.exp.refusal_positions), progress=False)
             except ValueError as err:  # no candidate passed the filters: a finding, recorded
                 write_json_atomic(self.path, {"error": str(err)})
                 return
