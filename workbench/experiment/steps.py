@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +44,15 @@ class Step:
 
 
 def run_steps(steps: list[Step]) -> None:
-    """Run every step that is not done, in order, saying which were skipped."""
+    """Run every step that is not done, in order, saying which were skipped and how long each took."""
     for step in steps:
         if step.done():
             log.info(f"[experiment] {step.label}: already done")
             continue
         log.info(f"[experiment] {step.label}")
+        t0 = time.perf_counter()
         step.run()
+        log.info(f"[experiment] {step.label}: {time.perf_counter() - t0:.0f} s")
 
 
 class Loaded:
