@@ -9,7 +9,7 @@ rate. Each run is scored on every example with the weights frozen (mean next-tok
 labelled tokens, the same number whatever the batch order), after every epoch: the loss curves and
 the final loss ratio (goal: within 2%) are printed, with each run's real tokens per second.
 
-    python bench/train_loss.py [--n 96] [--batch 4] [--epochs 3] [--seeds 0,1]
+    python bench/train_loss.py [--n 64] [--batch 4] [--epochs 3] [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=96, help="examples (half harmful, half benign)")
+    ap.add_argument("--n", type=int, default=64, help="examples (half harmful, half benign)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -114,6 +114,10 @@ def main() -> None:
     print(f"final loss, grouped / random: {', '.join(f'{r:.4f}' for r in ratios)} (goal: within 2%: "
           f"{'met' if all(abs(r - 1) <= 0.02 for r in ratios) else 'NOT met'}); tokens/s grouped / random: "
           f"median {statistics.median(speed):.2f}x")
+    if len(seeds) > 1:  # the noise floor: two random orders against each other
+        floor = results[f"random, seed {seeds[1]}"]["curve"][-1] / results[f"random, seed {seeds[0]}"]["curve"][-1]
+        print(f"final loss, random seed {seeds[1]} / random seed {seeds[0]}: {floor:.4f} (the spread batch order "
+              f"alone gives)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "final_loss_ratio": ratios, "speed_ratio": speed}, f, indent=2)
