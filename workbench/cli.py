@@ -138,7 +138,7 @@ def cmd_refusal_direction(args) -> Path:
     wb, deployed = _load_for_eval(args.target)
     positions = [int(p) for p in args.positions.split(",")] if args.positions != "all" else None
     with wb.hooks(deployed) if deployed else nullcontext():
-        rd = select_refusal_direction(wb, **sets, kl_max=args.kl_max, positions=positions,
+        rd = select_refusal_direction(wb, *sets, kl_max=args.kl_max, positions=positions,
                                       prune_layers=args.prune_layers, induce_min=args.induce_min)
     out = rd.save(args.out)
     best = next(r for r in rd.scores if (r["position"], r["layer"]) == (rd.position, rd.layer))

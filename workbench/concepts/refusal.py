@@ -27,7 +27,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -131,20 +131,30 @@ class RefusalDirection:
                    meta.get("model_id"), meta.get("scores", []), meta.get("baseline", {}))
 
 
+class RefusalPrompts(NamedTuple):
+    """The four prompt sets :func:`select_refusal_direction` takes, in its order (``*sets``)."""
+
+    harmful_train: list[str]
+    harmless_train: list[str]
+    harmful_val: list[str]
+    harmless_val: list[str]
+
+
 def refusal_prompts(harmful: list[str], harmless: list[str], n_train: int = 64, n_val: int = 32,
-                    max_chars: int = 300, seed: int = 0) -> dict[str, list[str]]:
-    """The four prompt sets :func:`select_refusal_direction` takes, from the registry's datasets:
-    ``{"harmful_train", "harmless_train", "harmful_val", "harmless_val"}``, each a seeded sample of
-    up to ``n_train`` / ``n_val`` prompts of at most ``max_chars`` characters (short instructions,
-    as the paper's) from the named datasets' train / val splits. Raises ``ValueError`` on an empty set."""
+                    max_chars: int = 300, seed: int = 0) -> RefusalPrompts:
+    """The prompt sets of :func:`select_refusal_direction` from the registry's datasets, each a
+    seeded sample of up to ``n_train`` / ``n_val`` prompts of at most ``max_chars`` characters
+    (short instructions, as the paper's) from the named datasets' train / val splits. Raises
+    ``ValueError`` on an empty set."""
     from ..data import load_dataset
 
-    sets = {}
-    for kind, names in (("harmful", harmful), ("harmless", harmless)):
-        for split, n in (("train", n_train), ("val", n_val)):
-            recs = [r.prompt for name in names for r in load_dataset(name, split=split) if len(r.prompt) <= max_chars]
-            sets[f"{kind}_{split}"] = random.Random(seed).sample(recs, min(n, len(recs)))
-    empty = [k for k, v in sets.items() if not v]
+    def sample(names: list[str], split: str, n: int) -> list[str]:
+        recs = [r.prompt for name in names for r in load_dataset(name, split=split) if len(r.prompt) <= max_chars]
+        return random.Random(seed).sample(recs, min(n, len(recs)))
+
+    sets = RefusalPrompts(sample(harmful, "train", n_train), sample(harmless, "train", n_train),
+                          sample(harmful, "val", n_val), sample(harmless, "val", n_val))
+    empty = [k for k, v in sets._asdict().items() if not v]
     if empty:
         raise ValueError(f"no prompts of <= {max_chars} characters for {empty} in {harmful} / {harmless}")
     return sets

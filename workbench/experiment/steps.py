@@ -399,7 +399,7 @@ class RefusalDirection(ModelStep):
         wb = self.model.wb
         with wb.hooks(self.model.hooks):
             try:
-                rd = select_refusal_direction(wb, **sets, positions=list(self.exp.refusal_positions), progress=False)
+                rd = select_refusal_direction(wb, *sets, positions=list(self.exp.refusal_positions), progress=False)
             except ValueError as err:  # no candidate passed the filters: a finding, recorded
                 write_json_atomic(self.path, {"error": str(err)})
                 return
