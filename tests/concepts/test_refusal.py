@@ -101,7 +101,7 @@ def test_refusal_prompts_seeded_short_and_from_their_splits():
     sets = refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], n_train=20, n_val=7, max_chars=120)
     assert {k: len(v) for k, v in sets._asdict().items()} == {"harmful_train": 20, "harmful_val": 7, "harmless_train": 20,
                                                    "harmless_val": 7}
-    assert all(len(p) <= 120 for v in sets.values() for p in v)
+    assert all(len(p) <= 120 for v in sets for p in v)
     val = {r.prompt for name in ("advbench", "harmbench") for r in load_dataset(name, split="val")}
     assert set(sets.harmful_val) <= val and not set(sets.harmful_train) & val
     assert refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], 20, 7, 120) == sets  # seeded
