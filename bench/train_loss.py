@@ -45,7 +45,7 @@ def main() -> None:
     from workbench._allocator import keep_freed_memory
     from workbench.data import load_dataset
     from workbench.train import coca
-    from workbench.train.data import Collator, encode
+    from workbench.train.data import IGNORE_INDEX, Collator, encode
     from workbench.train.loss import response_loss
     from workbench.train.methods import inject_lora
     from workbench.train.recipe import LORA_MODULES
@@ -74,10 +74,9 @@ def main() -> None:
     def score() -> float:
         model.eval()
         total, count = 0.0, 0
-        for b in score_batches:
-            n = int((b["labels"][:, 1:] != -100).sum())
-            total += float(response_loss(model, b["input_ids"], b["attention_mask"], b["labels"])) * n
-            count += n
+        for b in score_batches:  # summed over the batch's labelled tokens (num_items=1), then one mean
+            total += float(response_loss(model, b["input_ids"], b["attention_mask"], b["labels"], num_items=1))
+            count += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         return total / count
 
     def run(kind: str, seed: int) -> dict:
