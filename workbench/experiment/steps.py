@@ -394,6 +394,12 @@ class RefusalDirection(ModelStep):
         from ..evals import build_suites, run_suite
         from ..train import coca
 
+        if self.model.coca_variant in coca.REASONING_VARIANTS:
+            # the selection scores refusal by the first response token, which for these models is
+            # always the reasoning's opening: not applicable, recorded as such
+            write_json_atomic(self.path, {"skipped": "the model opens with COCA reasoning; the first-token "
+                                                     "refusal score does not apply"})
+            return
         sets = refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], self.n_train, self.n_val,
                                seed=self.exp.seed)
         wb = self.model.wb

@@ -60,7 +60,8 @@ def results_table(results: dict[str, dict], train_info: dict[str, dict]) -> str:
     refusal = [results[n].get("refusal") for n in names]
     if any(refusal):
         lines.append(_row("refusal direction (layer, position)",
-                          [f"{r['layer']}, {r['position']}" if r and "layer" in r else ("none passed" if r else "–")
+                          [f"{r['layer']}, {r['position']}" if r and "layer" in r
+                           else "not applicable" if r and "skipped" in r else "none passed" if r else "–"
                            for r in refusal]))
         lines.append(_row("ID refusal with the direction ablated", [_cell(r["refusal_ablated"]) if r and "layer" in r
                                                                       else "–" for r in refusal]))
