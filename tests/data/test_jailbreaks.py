@@ -19,6 +19,7 @@ from workbench.data import (
     add_suffix,
     base64_attack,
     caesar_attack,
+    decode_attack,
     fill_template,
     jailbreak_suite,
     leetspeak_attack,
@@ -97,6 +98,19 @@ def test_every_encoding_wraps_an_instruction_and_hides_the_request():
         prompt = attack(REQUEST)
         assert "Decode it" in prompt and _payload(prompt) == ENCODERS[name](REQUEST)
         assert REQUEST not in prompt, name
+
+
+def test_decode_attack_recovers_every_encoded_request():
+    """The stdlib / closed-form inverses above are the reference; leetspeak is lossy (a digit of
+    the request comes back as a letter), so it is compared case-folded on a request without digits."""
+    for name, attack in ENCODINGS.items():
+        got = decode_attack(attack(REQUEST))
+        assert got is not None and got[0] == name
+        assert (got[1].lower() == REQUEST.lower()) if name == "leetspeak" else got[1] == REQUEST, name
+    assert decode_attack(REQUEST) is None
+    assert decode_attack(fill_template(f"Answer this: {SLOT}", REQUEST)) is None
+    corrupted = base64_attack(REQUEST)[:-3] + "%%%"
+    assert decode_attack(corrupted) is None  # a payload that does not decode is not an error
 
 
 def test_jailbreak_suite_shapes_and_meta():

@@ -6,6 +6,7 @@ deterministic splits, harmful-vs-benign pools and jailbreak wrappers.
 >>> pool = harmful_vs_benign(n_per_class=100, match_lengths=True)
 """
 from .jailbreaks import (
+    DECODERS,
     ENCODERS,
     ENCODINGS,
     FAMILIES,
@@ -13,6 +14,7 @@ from .jailbreaks import (
     atbash_attack,
     base64_attack,
     caesar_attack,
+    decode_attack,
     fill_template,
     hex_attack,
     jailbreak_suite,
@@ -41,7 +43,7 @@ __all__ = [
     "Record", "DatasetInfo", "RecordList", "MissingDatasetPackage", "UnknownDatasetError",
     "KINDS", "SLOT", "SPLITS", "list_datasets", "dataset_info", "dataset_files", "load_dataset",
     "load_from_hub", "clear_cache", "assign_split", "harmful_vs_benign",
-    "fill_template", "templates", "add_suffix", "jailbreak_suite", "ENCODINGS", "ENCODERS",
+    "fill_template", "templates", "add_suffix", "jailbreak_suite", "ENCODINGS", "ENCODERS", "DECODERS",
     "FAMILIES", "base64_attack", "hex_attack", "rot13_attack", "caesar_attack", "atbash_attack",
-    "leetspeak_attack", "reverse_attack", "load_prompt_file", "PromptFileError",
+    "leetspeak_attack", "reverse_attack", "decode_attack", "load_prompt_file", "PromptFileError",
 ]

@@ -240,13 +240,15 @@ class Train(Step):
 
 # ---------------------------------------------------------------------------------- evaluation
 def judge_for(variant: str | None) -> tuple[Any, str]:
-    """The refusal judge of a model (COCA models are judged on the answer after their reasoning)."""
+    """The refusal judge of a model and its name in ``eval.json`` (COCA models are judged on the answer
+    after their reasoning). The name changes with the judge, so older files are judged again."""
     from ..evals import default_judge
     from ..train import coca
 
+    name = "default with non-answers"  # 2026-12-03: content-free replies and unread encodings did not comply
     if variant in coca.REASONING_VARIANTS:
-        return coca.answer_judge(default_judge()), "default (answer part)"
-    return default_judge(), "default"
+        return coca.answer_judge(default_judge()), f"{name} (answer part)"
+    return default_judge(), name
 
 
 @dataclass
