@@ -131,9 +131,12 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
         assert r["transfer"]["n_wrapped"] == 2 * r["transfer"]["n_plain"] == 36
         assert all(0 <= t["accuracy"] <= 1 and 0 <= t["harmful_recall"] <= 1 for t in r["transfer"]["sites"])
         assert ("refusal" in r) == (name != "baseline")
-    for name in ("sft", "caft", "lofit"):  # a random model may have no direction that passes: said so
+    for name in ("sft", "caft"):  # a random model may have no direction that passes: said so
         ref = results["results"][name]["refusal"]
         assert "error" in ref or (0 <= ref["refusal_ablated"]["value"] <= 1 and ref["layer"] < 2)
+    # a COCA model opens with its reasoning: the first-token refusal score does not apply, recorded
+    assert "first-token refusal score does not apply" in results["results"]["lofit"]["refusal"]["skipped"]
+    assert "| refusal direction (layer, position) | – | " in table and table.count("not applicable") >= 1
     assert "probe transfer to jailbreak-wrapped prompts: accuracy, layer 1" in table
     # probe sweeps with their bag-of-words line, on the length-matched prompts and on the twins
     for folder in ("probes", "probes_twins"):

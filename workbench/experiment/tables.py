@@ -158,9 +158,11 @@ def pool_seeds(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
             res["transfer"] = {**rs[0]["transfer"], "sites": _mean_rows([r["transfer"]["sites"] for r in rs])}
         if all(r.get("refusal") for r in rs):
             ok = [r["refusal"] for r in rs if "layer" in r["refusal"]]
-            res["refusal"] = ({**ok[0], "per_seed": [r["refusal"] for r in rs],
-                               "refusal_ablated": _pool_rate([r["refusal_ablated"] for r in ok])}
-                              if len(ok) == len(rs) else {"per_seed": [r["refusal"] for r in rs]})
+            per = [r["refusal"] for r in rs]
+            if len(ok) == len(rs):
+                res["refusal"] = {**ok[0], "per_seed": per, "refusal_ablated": _pool_rate([r["refusal_ablated"] for r in ok])}
+            else:  # a seed without a direction: none passed, or not applicable (the same for every seed)
+                res["refusal"] = {"per_seed": per, **({"skipped": per[0]["skipped"]} if "skipped" in per[0] else {})}
         out[run] = res
     return out
 
