@@ -384,7 +384,8 @@ class RefusalDirection(ModelStep):
     """Arditi et al.'s refusal direction of a trained model (``refusal_positions``; harmful
     AdvBench + HarmBench and harmless benign instructions, train / val splits), and its ID refusal
     rate with the direction ablated everywhere -> ``refusal/{name}.json``. How much of the learned
-    refusal one direction carries: ``(refusal - ablated) / (refusal - untouched refusal)``."""
+    refusal one direction carries: ``(refusal - ablated) / (refusal - untouched refusal)``. A COCA
+    model that reasons first is recorded as not applicable (``{"skipped": why}``)."""
 
     n_train: int = 64
     n_val: int = 32
