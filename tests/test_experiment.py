@@ -20,13 +20,14 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 9  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 10  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
     # full size: every method trains on the same records for the same number of steps
     assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for r in plan.values())
-    assert {r.dataset for k, r in plan.items() if not k.startswith("sft_twins:")} == {"advbench,harmbench,benign_instructions"}
+    with_twins = ("sft_twins:", "coca_tagged_twins_lora:")
+    assert {r.dataset for k, r in plan.items() if not k.startswith(with_twins)} == {"advbench,harmbench,benign_instructions"}
     # COCA's data on LoRA: the sft recipe with a COCA variant, in its own folder
     lora_coca = {m: plan[next(k for k in plan if k.startswith(f"{m}:"))] for m in ("coca_lora", "coca_tagged_lora")}
     assert lora_coca["coca_lora"].coca_variant == "think" and lora_coca["coca_tagged_lora"].coca_variant == "tagged"
@@ -43,7 +44,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert runs == {"sft": str(tmp_path / "train/sft/lora"), "caft": str(tmp_path / "train/caft/diffmeans"),
                     "lofit": bias.output_dir, "coca": think.output_dir, "coca_tagged": tagged.output_dir,
                     "sft_twins": twins.output_dir, "coca_lora": str(tmp_path / "train/coca_lora/sft/lora"),
-                    "coca_tagged_lora": str(tmp_path / "train/coca_tagged_lora/sft/lora")}
+                    "coca_tagged_lora": str(tmp_path / "train/coca_tagged_lora/sft/lora"),
+                    "coca_tagged_twins_lora": str(tmp_path / "train/coca_tagged_twins_lora/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)
