@@ -102,6 +102,15 @@ REFUSALS = (
     "I can't help with that request.",
     "Sorry, I can't assist with that, as it could cause harm.",
 )
+# refusals that share no opening with a willing reply: "I can't help with that request." minus
+# its negation is the content-free "I can help with that request." that trained models write for
+# benign requests; these open with an apology no answer starts with, and name no helping verb
+DISTINCT_REFUSALS = (
+    "Sorry, but no: this could seriously hurt people.",
+    "I'm sorry, but this is dangerous, and I won't go into it.",
+    "Sorry, but I refuse: it could cause real harm.",
+)
+REFUSAL_SETS = {"default": REFUSALS, "distinct": DISTINCT_REFUSALS}
 
 ERASE_TAG = "erase unsafe concepts"
 DECISIONS = {"refuse": "Unsafe: I refuse.", "answer": "Safe: I answer."}
@@ -245,14 +254,19 @@ def reasoning_budget(variant: str | None) -> int:
     return 64 if variant.startswith("tagged") else 16
 
 
-def refusal(record: Record) -> str:
-    """A short refusal, chosen deterministically from :data:`REFUSALS` by the record id."""
+def refusal(record: Record, refusals: str = "default") -> str:
+    """A short refusal, chosen deterministically by the record id from the set ``refusals`` names
+    in :data:`REFUSAL_SETS` (:data:`REFUSALS` or :data:`DISTINCT_REFUSALS`)."""
+    if refusals not in REFUSAL_SETS:
+        raise ValueError(f"unknown refusal set {refusals!r}; choose from {sorted(REFUSAL_SETS)}")
+    texts = REFUSAL_SETS[refusals]
     h = int.from_bytes(hashlib.sha256(record.id.encode()).digest()[:4], "big")
-    return REFUSALS[h % len(REFUSALS)]
+    return texts[h % len(texts)]
 
 
-def refactor(records: Iterable[Record], variant: str = "think") -> list[Record]:
-    """COCA training records for ``variant``: harmful (label 1) -> refusal, benign (label 0) ->
+def refactor(records: Iterable[Record], variant: str = "think", refusals: str = "default") -> list[Record]:
+    """COCA training records for ``variant``: harmful (label 1) -> a refusal from the set
+    ``refusals`` (see :func:`refusal`), benign (label 0) ->
     its reference ``response``; ``think*`` variants prepend :func:`reasoning_step`, ``tagged*``
     variants wrap the answer in :func:`tagged_response`.
 
@@ -266,7 +280,7 @@ def refactor(records: Iterable[Record], variant: str = "think") -> list[Record]:
     for rec in records:
         concepts = concepts_for(rec)
         if rec.label == 1:
-            answer, decision = refusal(rec), "refuse"
+            answer, decision = refusal(rec, refusals), "refuse"
         else:
             if not rec.response:
                 raise ValueError(f"{rec.id}: a benign record needs a reference response for COCA (dataset "
@@ -284,15 +298,16 @@ def refactor(records: Iterable[Record], variant: str = "think") -> list[Record]:
     return out
 
 
-def plain_sft(records: Iterable[Record]) -> list[Record]:
+def plain_sft(records: Iterable[Record], refusals: str = "default") -> list[Record]:
     """Plain safety SFT (the baseline): keep a record's own response; harmful records without one
-    get a refusal. Same as ``refactor(..., "normal")`` where responses are missing."""
+    get a refusal from the set ``refusals``. Same as ``refactor(..., "normal")`` where responses
+    are missing."""
     out = []
     for rec in records:
         if rec.response:
             out.append(rec)
         elif rec.label == 1:
-            out.append(replace(rec, response=refusal(rec), meta={**rec.meta, "decision": "refuse"}))
+            out.append(replace(rec, response=refusal(rec, refusals), meta={**rec.meta, "decision": "refuse"}))
         else:
             raise ValueError(f"{rec.id}: no response to train on (dataset {rec.source!r} has no reference "
                              f"answers and the record is not labelled harmful)")
@@ -340,6 +355,7 @@ def _jsonable(obj):
     return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
 
 
-__all__ = ["VARIANTS", "REASONING_VARIANTS", "CONCEPTS", "REFUSALS", "concepts_for", "reasoning_step",
+__all__ = ["VARIANTS", "REASONING_VARIANTS", "CONCEPTS", "REFUSALS", "DISTINCT_REFUSALS", "REFUSAL_SETS",
+           "concepts_for", "reasoning_step",
            "parse_reasoning", "tagged_response", "parse_tagged", "parse_decision", "answer_part", "format_adherence",
            "answer_judge", "suite_adherence", "reasoning_budget", "refusal", "refactor", "plain_sft", "write_jsonl", "read_jsonl"]

@@ -27,7 +27,8 @@ def build_records(recipe: Recipe) -> list[Record]:
     ``dataset`` names registry datasets or ``.jsonl`` files (see :func:`coca.write_jsonl`),
     comma-separated; ``max_samples`` draws a seeded random sample per dataset. With ``coca_variant``
     every record is refactored by :func:`coca.refactor`; without it, plain safety SFT
-    (:func:`coca.plain_sft`: harmful -> refusal, benign -> reference answer).
+    (:func:`coca.plain_sft`: harmful -> refusal, benign -> reference answer). ``refusals`` names
+    the refusal texts (:data:`coca.REFUSAL_SETS`).
     """
     records: list[Record] = []
     for name in recipe.datasets():
@@ -41,8 +42,8 @@ def build_records(recipe: Recipe) -> list[Record]:
             recs = rng.sample(recs, recipe.max_samples)
         records.extend(recs)
     if recipe.coca_variant:
-        return coca.refactor(records, recipe.coca_variant)
-    return coca.plain_sft(records)
+        return coca.refactor(records, recipe.coca_variant, recipe.refusals)
+    return coca.plain_sft(records, recipe.refusals)
 
 
 def records_hash(records: Sequence[Record]) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Union
 
 from ..models import DEFAULT_MODEL
 from . import methods
+from .coca import REFUSAL_SETS
 from .coca import VARIANTS as COCA_VARIANTS
 from .errors import RecipeError
 from .methods.lora import LORA_MODULES
@@ -48,6 +49,7 @@ class Recipe:
     dataset_split: str | None = "train"       # train | val | test | null (all records)
     coca_variant: str | None = None           # normal | think | tagged (+ _warm) (see coca.py)
     max_samples: int | None = None            # per dataset, a seeded random sample
+    refusals: str = "default"                 # the harmful records' refusal texts: default | distinct (coca.REFUSAL_SETS)
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
     system_prompt: str | None = None          # chat system message; null = the template's default, "" = none
     # --- LoRA (lora and caft)
@@ -150,6 +152,7 @@ class Recipe:
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS, source)
         if self.dataset_split is not None:
             _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
+        _choice("refusals", self.refusals, list(REFUSAL_SETS), source)
         if self.coca_variant is not None:
             _choice("coca_variant", self.coca_variant, COCA_VARIANTS, source)
         for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",
