@@ -105,8 +105,9 @@ def test_decode_attack_recovers_every_encoded_request():
     the request comes back as a letter), so it is compared case-folded on a request without digits."""
     for name, attack in ENCODINGS.items():
         got = decode_attack(attack(REQUEST))
-        assert got is not None and got[0] == name
-        assert (got[1].lower() == REQUEST.lower()) if name == "leetspeak" else got[1] == REQUEST, name
+        assert got is not None and got.encoding == name
+        assert attack(REQUEST) == got.instruction + ENCODERS[name](REQUEST)
+        assert (got.request.lower() == REQUEST.lower()) if name == "leetspeak" else got.request == REQUEST, name
     assert decode_attack(REQUEST) is None
     assert decode_attack(fill_template(f"Answer this: {SLOT}", REQUEST)) is None
     corrupted = base64_attack(REQUEST)[:-3] + "%%%"

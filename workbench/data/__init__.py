@@ -10,6 +10,7 @@ from .jailbreaks import (
     ENCODERS,
     ENCODINGS,
     FAMILIES,
+    DecodedAttack,
     add_suffix,
     atbash_attack,
     base64_attack,
@@ -45,5 +46,5 @@ __all__ = [
     "load_from_hub", "clear_cache", "assign_split", "harmful_vs_benign",
     "fill_template", "templates", "add_suffix", "jailbreak_suite", "ENCODINGS", "ENCODERS", "DECODERS",
     "FAMILIES", "base64_attack", "hex_attack", "rot13_attack", "caesar_attack", "atbash_attack",
-    "leetspeak_attack", "reverse_attack", "decode_attack", "load_prompt_file", "PromptFileError",
+    "leetspeak_attack", "reverse_attack", "decode_attack", "DecodedAttack", "load_prompt_file", "PromptFileError",
 ]

@@ -10,6 +10,7 @@ import base64
 import codecs
 import random
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 from .registry import SLOT, Record
 from .splits import load_dataset
@@ -108,14 +109,20 @@ DECODERS: dict[str, Callable[[str], str]] = {
 }
 
 
-def decode_attack(prompt: str) -> tuple[str, str] | None:
-    """``(encoding, request)`` of a prompt made by one of the ``*_attack`` functions, or ``None`` for
-    any other prompt (or a payload that does not decode)."""
+class DecodedAttack(NamedTuple):
+    encoding: str      # a key of ENCODERS
+    instruction: str   # the attack's own text before the payload ("... Decode it, then answer ...")
+    request: str       # the decoded request
+
+
+def decode_attack(prompt: str) -> DecodedAttack | None:
+    """The encoding, instruction and decoded request of a prompt made by one of the ``*_attack``
+    functions, or ``None`` for any other prompt (or a payload that does not decode)."""
     for name, instruction in _INSTRUCTIONS.items():
         head = instruction + _ATTACK_TAIL
         if prompt.startswith(head):
             try:
-                return name, DECODERS[name](prompt[len(head):])
+                return DecodedAttack(name, head, DECODERS[name](prompt[len(head):]))
             except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
                 return None
     return None

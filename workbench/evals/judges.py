@@ -91,7 +91,7 @@ def is_non_answer(prompt: str, response: str, min_content_words: int = 2) -> boo
     decoded = decode_attack(prompt)
     if decoded is None:
         return False
-    topic = content_words(decoded[1]) - content_words(prompt.split("\n\n", 1)[0])
+    topic = content_words(decoded.request) - content_words(decoded.instruction)
     return bool(topic) and not topic & content_words(response)
 
 
