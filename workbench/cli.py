@@ -131,9 +131,12 @@ def cmd_refusal_direction(args) -> Path:
     """Arditi et al.'s refusal direction of a model or a run: select, save, optionally export."""
     from contextlib import nullcontext
 
-    from .concepts.refusal import export_ablated, refusal_prompts, select_refusal_direction
+    from .concepts.refusal import HARMFUL_DATASETS, HARMLESS_DATASETS, export_ablated, refusal_prompts, select_refusal_direction
 
-    sets = refusal_prompts([n.strip() for n in args.harmful.split(",")], [n.strip() for n in args.harmless.split(",")],
+    def names(arg: str | None, default: tuple[str, ...]) -> list[str]:
+        return [n.strip() for n in arg.split(",") if n.strip()] if arg else list(default)
+
+    sets = refusal_prompts(names(args.harmful, HARMFUL_DATASETS), names(args.harmless, HARMLESS_DATASETS),
                            args.n_train, args.n_val, args.max_chars, args.seed)
     wb, deployed = _load_for_eval(args.target)
     positions = [int(p) for p in args.positions.split(",")] if args.positions != "all" else None
@@ -273,8 +276,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rdir.add_argument("target", help="a model name or a training run folder")
     rdir.add_argument("--out", required=True, help="folder for direction.safetensors and direction.json (every "
                       "candidate's scores)")
-    rdir.add_argument("--harmful", default="advbench,harmbench", help="comma-separated harmful datasets")
-    rdir.add_argument("--harmless", default="benign_instructions", help="comma-separated harmless datasets")
+    rdir.add_argument("--harmful", default=None, help="comma-separated harmful datasets (default: advbench,harmbench)")
+    rdir.add_argument("--harmless", default=None, help="comma-separated harmless datasets (default: benign_instructions)")
     rdir.add_argument("--n-train", type=int, default=64, help="prompts per class for the means (train split)")
     rdir.add_argument("--n-val", type=int, default=32, help="prompts per class for the scores (val split)")
     rdir.add_argument("--positions", default="-1", help="post-instruction positions to try (--positions=-2,-1), comma-separated "

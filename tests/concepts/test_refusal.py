@@ -104,7 +104,7 @@ def test_refusal_prompts_seeded_short_and_from_their_splits():
     assert all(len(p) <= 120 for v in sets for p in v)
     val = {r.prompt for name in ("advbench", "harmbench") for r in load_dataset(name, split="val")}
     assert set(sets.harmful_val) <= val and not set(sets.harmful_train) & val
-    assert refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], 20, 7, 120) == sets  # seeded
+    assert refusal_prompts(n_train=20, n_val=7, max_chars=120) == sets  # seeded; the defaults are these datasets
     assert refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], 20, 7, 120, seed=1) != sets
     with pytest.raises(ValueError, match="no prompts of <= 5 characters"):
         refusal_prompts(["advbench"], ["benign_instructions"], max_chars=5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -131,6 +132,12 @@ class RefusalDirection:
                    meta.get("model_id"), meta.get("scores", []), meta.get("baseline", {}))
 
 
+# the registry datasets the refusal direction is found from (the paper: AdvBench + HarmBench-like
+# harmful instructions against Alpaca-like harmless ones), shared by the CLI and the experiment
+HARMFUL_DATASETS = ("advbench", "harmbench")
+HARMLESS_DATASETS = ("benign_instructions",)
+
+
 class RefusalPrompts(NamedTuple):
     """The four prompt sets :func:`select_refusal_direction` takes, in its order (``*sets``)."""
 
@@ -140,15 +147,15 @@ class RefusalPrompts(NamedTuple):
     harmless_val: list[str]
 
 
-def refusal_prompts(harmful: list[str], harmless: list[str], n_train: int = 64, n_val: int = 32,
-                    max_chars: int = 300, seed: int = 0) -> RefusalPrompts:
+def refusal_prompts(harmful: Sequence[str] = HARMFUL_DATASETS, harmless: Sequence[str] = HARMLESS_DATASETS,
+                    n_train: int = 64, n_val: int = 32, max_chars: int = 300, seed: int = 0) -> RefusalPrompts:
     """The prompt sets of :func:`select_refusal_direction` from the registry's datasets, each a
     seeded sample of up to ``n_train`` / ``n_val`` prompts of at most ``max_chars`` characters
     (short instructions, as the paper's) from the named datasets' train / val splits. Raises
     ``ValueError`` on an empty set."""
     from ..data import load_dataset
 
-    def sample(names: list[str], split: str, n: int) -> list[str]:
+    def sample(names: Sequence[str], split: str, n: int) -> list[str]:
         recs = [r.prompt for name in names for r in load_dataset(name, split=split) if len(r.prompt) <= max_chars]
         return random.Random(seed).sample(recs, min(n, len(recs)))
 
@@ -156,7 +163,7 @@ def refusal_prompts(harmful: list[str], harmless: list[str], n_train: int = 64, 
                           sample(harmful, "val", n_val), sample(harmless, "val", n_val))
     empty = [k for k, v in sets._asdict().items() if not v]
     if empty:
-        raise ValueError(f"no prompts of <= {max_chars} characters for {empty} in {harmful} / {harmless}")
+        raise ValueError(f"no prompts of <= {max_chars} characters for {empty} in {list(harmful)} / {list(harmless)}")
     return sets
 
 

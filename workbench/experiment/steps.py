@@ -403,8 +403,7 @@ class RefusalDirection(ModelStep):
             write_json_atomic(self.path, {"skipped": "the model opens with COCA reasoning; the first-token "
                                                      "refusal score does not apply"})
             return
-        sets = refusal_prompts(["advbench", "harmbench"], ["benign_instructions"], self.n_train, self.n_val,
-                               seed=self.exp.seed)
+        sets = refusal_prompts(n_train=self.n_train, n_val=self.n_val, seed=self.exp.seed)
         wb = self.model.wb
         with wb.hooks(self.model.hooks):
             try:
