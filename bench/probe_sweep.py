@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench import probes  # noqa: E402
+from workbench._hardware import fast_bf16  # noqa: E402
 from workbench.probes import probe_sweep, split_heads  # noqa: E402
 
 N_LAYERS, D_MODEL, N_HEADS, D_HEAD, MASSIVE_DIM = 30, 576, 9, 64, 507
@@ -82,8 +83,9 @@ def real_features(n: int, batch_size: int = 16, max_chars: int = 1500):
     return split_heads({s: a.float().cpu() for s, a in dict(acts).items()}), y
 
 
-def timed_sweep(feats, y, args, method: str, blas_threads: int | None = 1):
+def timed_sweep(feats, y, args, method: str, blas_threads: int | None = 1, bf16: bool = False):
     probes.SKLEARN_BLAS_THREADS = blas_threads
+    probes.BF16_HESSIANS = bf16
     t = time.perf_counter()
     df = probe_sweep(feats, y, n_folds=args.folds, seed=args.seed, method=method, l2=args.l2)
     return df, time.perf_counter() - t
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--sklearn-default-blas", action="store_true",
                     help="also time sklearn with the BLAS library's default thread count (slow on small machines)")
     ap.add_argument("--by-group", action="store_true", help="also time each feature width separately")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="also time the torch sweep with bf16 Hessians (auto: where bf16 GEMMs are fast, AMX)")
     ap.add_argument("--csv", type=Path, help="write both result tables (suffixes _torch/_sklearn)")
     args = ap.parse_args()
     if args.torch_threads:
@@ -114,11 +118,16 @@ def main() -> None:
           f"median {md['var_fraction'].median():.1%}, max {md['var_fraction'].max():.1%}")
 
     dfs, times = {}, {}
+    bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
     dfs["torch"], times["torch"] = timed_sweep(feats, y, args, "torch")
     print(f"torch   sweep (batched Newton, float32):          {times['torch']:7.2f}s")
+    if bf16:
+        dfs["torch_bf16"], times["torch_bf16"] = timed_sweep(feats, y, args, "torch", bf16=True)
+        print(f"torch   sweep (batched Newton, bf16 Hessians):    {times['torch_bf16']:7.2f}s")
     dfs["sklearn"], times["sklearn"] = timed_sweep(feats, y, args, "sklearn", blas_threads=1)
     print(f"sklearn sweep (per-site loop, 1 BLAS thread):     {times['sklearn']:7.2f}s")
-    print(f"speedup sklearn/torch: {times['sklearn'] / times['torch']:.1f}x")
+    print(f"speedup sklearn/torch: {times['sklearn'] / times['torch']:.1f}x" + (
+        f"; with bf16 Hessians {times['sklearn'] / times['torch_bf16']:.1f}x" if bf16 else ""))
     if args.sklearn_default_blas:
         _, t = timed_sweep(feats, y, args, "sklearn", blas_threads=None)
         print(f"sklearn sweep (per-site loop, default BLAS threads): {t:7.2f}s -> speedup {t / times['torch']:.1f}x")
@@ -126,13 +135,19 @@ def main() -> None:
         for d in widths:
             part = {s: x for s, x in feats.items() if x.shape[1] == d}
             (_, tt), (_, ts) = timed_sweep(part, y, args, "torch"), timed_sweep(part, y, args, "sklearn")
-            print(f"  d={d:4d} ({len(part):3d} sites): torch {tt:6.2f}s  sklearn {ts:6.2f}s  ratio {ts / tt:5.1f}x")
-    a, b = dfs["torch"].set_index("site"), dfs["sklearn"].set_index("site")
-    acc = (a["accuracy"] - b["accuracy"]).abs()
-    auc = (a["auroc"] - b["auroc"]).abs()
-    print(f"|accuracy diff| max {acc.max():.4f} (site {acc.idxmax()}), mean {acc.mean():.5f}; "
-          f"sites with diff > 0.01: {int((acc > 0.01).sum())}")
-    print(f"|AUROC diff|    max {auc.max():.4f}, mean {auc.mean():.5f}")
+            line = f"  d={d:4d} ({len(part):3d} sites): torch {tt:6.2f}s  sklearn {ts:6.2f}s  ratio {ts / tt:5.1f}x"
+            if bf16:
+                _, tb = timed_sweep(part, y, args, "torch", bf16=True)
+                line += f"  | bf16 Hessians {tb:6.2f}s  ratio {ts / tb:5.1f}x"
+            print(line)
+    b = dfs["sklearn"].set_index("site")
+    for m in [k for k in dfs if k != "sklearn"]:
+        a = dfs[m].set_index("site")
+        acc = (a["accuracy"] - b["accuracy"]).abs()
+        auc = (a["auroc"] - b["auroc"]).abs()
+        print(f"{m} vs sklearn: |accuracy diff| max {acc.max():.4f} (site {acc.idxmax()}), mean {acc.mean():.5f}; "
+              f"sites with diff > 0.01: {int((acc > 0.01).sum())}; |AUROC diff| max {auc.max():.4f}")
+    a = dfs["torch"].set_index("site")
     resid = a[a["kind"] == "resid_post"]
     print("resid_post accuracy by layer (torch):", " ".join(f"{v:.2f}" for v in resid["accuracy"]))
     heads = a[a["kind"] == "z"].sort_values("accuracy", ascending=False).head(5)

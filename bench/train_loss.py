@@ -1,15 +1,17 @@
-"""Benchmark: does length-grouped batching (``group_by_length: true``) train to the same loss as
-random batches? The speed side is ``bench/train_step.py``; this is the quality side.
+"""Benchmark: does length-grouped batching (``group_by_length: true``), or bf16 autocast
+(``bf16: true``, ``--compare bf16``), train to the same loss as random fp32 batches? The speed
+side is ``bench/train_step.py``; this is the quality side.
 
 The same LoRA (r8 on attention + MLP, one seeded initialisation restored before each run) is
 trained for ``--epochs`` passes over the same safety SFT examples (half HarmBench -> refusal, half
 benign instructions -> reference answer), once in random batch order and once in HF's
 length-grouped order (a fresh seeded permutation per epoch for both), same optimizer and learning
-rate. Each run is scored on every example with the weights frozen (mean next-token loss over the
+rate; with ``--compare bf16`` the second run keeps the random order and trains under bf16
+autocast instead. Each run is scored (in fp32) on every example with the weights frozen (mean next-token loss over the
 labelled tokens, the same number whatever the batch order), after every epoch: the loss curves and
 the final loss ratio (goal: within 2%) are printed, with each run's real tokens per second.
 
-    python bench/train_loss.py [--n 64] [--batch 4] [--epochs 3] [--seeds 0,1]
+    python bench/train_loss.py [--n 64] [--batch 4] [--epochs 3] [--seeds 0,1] [--compare grouped|bf16]
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def main() -> None:
     ap.add_argument("--mega-batches", type=int, default=6, help="batches sorted together (see bench/train_step.py)")
     ap.add_argument("--cutoff", type=int, default=128)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--compare", choices=("grouped", "bf16"), default="grouped",
+                    help="what is compared with random fp32 batches: length-grouped order or bf16 autocast")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    other = args.compare
     torch.set_num_threads(args.threads)
 
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -66,7 +71,7 @@ def main() -> None:
 
     def order(kind: str, seed: int, epoch: int) -> list[int]:
         gen = torch.Generator().manual_seed(1000 * seed + epoch)
-        if kind == "random":
+        if kind != "grouped":
             return torch.randperm(len(examples), generator=gen).tolist()
         return get_length_grouped_indices(lengths, args.batch, mega_batch_mult=args.mega_batches, generator=gen)
 
@@ -93,7 +98,9 @@ def main() -> None:
             for lo in range(0, len(idx), args.batch):
                 b = collate([examples[i] for i in idx[lo:lo + args.batch]])
                 padded += b["input_ids"].numel()
-                response_loss(model, b["input_ids"], b["attention_mask"], b["labels"]).backward()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16"):
+                    loss = response_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+                loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             seconds += time.perf_counter() - t0
@@ -101,17 +108,17 @@ def main() -> None:
         return {"curve": curve, "tokens_per_s": real * args.epochs / seconds, "padded": padded}
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {f"{kind}, seed {s}": run(kind, s) for s in seeds for kind in ("random", "grouped")}
+    results = {f"{kind}, seed {s}": run(kind, s) for s in seeds for kind in ("random", other)}
     print(f"\nLoRA r8, default model ({wb.model_id}): {len(examples)} safety SFT examples ({real} real tokens), "
           f"batches of {args.batch}, {args.epochs} epochs, lr {args.lr}; {args.threads} threads")
     print(f"{'run':<20}{'loss on every example after each epoch (0 = before)':<58}{'tokens/s':>10}{'padded':>9}")
     for name, r in results.items():
         print(f"{name:<20}{' '.join(f'{x:.4f}' for x in r['curve']):<58}{r['tokens_per_s']:>10.1f}{r['padded']:>9}")
-    ratios = [results[f"grouped, seed {s}"]["curve"][-1] / results[f"random, seed {s}"]["curve"][-1] for s in seeds]
-    speed = [results[f"grouped, seed {s}"]["tokens_per_s"] / results[f"random, seed {s}"]["tokens_per_s"]
+    ratios = [results[f"{other}, seed {s}"]["curve"][-1] / results[f"random, seed {s}"]["curve"][-1] for s in seeds]
+    speed = [results[f"{other}, seed {s}"]["tokens_per_s"] / results[f"random, seed {s}"]["tokens_per_s"]
              for s in seeds]
-    print(f"final loss, grouped / random: {', '.join(f'{r:.4f}' for r in ratios)} (goal: within 2%: "
-          f"{'met' if all(abs(r - 1) <= 0.02 for r in ratios) else 'NOT met'}); tokens/s grouped / random: "
+    print(f"final loss, {other} / random: {', '.join(f'{r:.4f}' for r in ratios)} (goal: within 2%: "
+          f"{'met' if all(abs(r - 1) <= 0.02 for r in ratios) else 'NOT met'}); tokens/s {other} / random: "
           f"median {statistics.median(speed):.2f}x")
     if len(seeds) > 1:  # the noise floor: two random orders against each other
         floor = results[f"random, seed {seeds[1]}"]["curve"][-1] / results[f"random, seed {seeds[0]}"]["curve"][-1]

@@ -10,7 +10,10 @@ against today's, on the same safety SFT examples (harmful -> refusal, benign -> 
   (``group_by_length: true`` in a recipe);
 * every configuration but the previous path runs with :func:`workbench._allocator.keep_freed_memory`'s
   settings (freed memory stays in the heap); the previous path with glibc's defaults;
-* ``+caft`` / ``lofit_v`` -- CAFT's ablation at ``--layers`` on top of the last one, LoFIT phase v.
+* ``+caft`` / ``lofit_v`` -- CAFT's ablation at ``--layers`` on top of the last one, LoFIT phase v;
+* ``bf16 autocast`` -- today's path (workbench loss, random batches: what the recipes run) under
+  ``torch.autocast("cpu", torch.bfloat16)`` (recipe key ``bf16: true``), LoRA and CAFT; weights and
+  optimizer stay fp32. Ratios are given against the previous path and against today's fp32 path.
 
 A pass = one optimizer step (forward + backward + AdamW + zero_grad) per batch of ``--batch``
 over ``--n`` examples. Passes are interleaved over ``--rounds`` rounds (order rotated); the median
@@ -104,25 +107,32 @@ def main() -> None:
 
     lora_opt = optimizer(lora.parameters())
     caft = f"lora+caft({len(layers)} layers, k={args.k}), workbench loss, length-grouped"
-    configs = {  # name: (wb, model, hooks, optimizer, loss, batches)
-        "lora, HF loss, random batches (previous)": (wb_lora, lora, None, lora_opt, hf_loss, "random"),
-        "lora, workbench loss, random batches": (wb_lora, lora, None, lora_opt, wb_loss, "random"),
-        "lora, workbench loss, length-grouped": (wb_lora, lora, None, lora_opt, wb_loss, "grouped"),
-        caft: (wb_lora, lora, ablate, lora_opt, wb_loss, "grouped"),
+    today = "lora, workbench loss, random batches"
+    caft_today = f"lora+caft({len(layers)} layers, k={args.k}), workbench loss, random batches"
+    configs = {  # name: (wb, model, hooks, optimizer, loss, batches, bf16 autocast)
+        "lora, HF loss, random batches (previous)": (wb_lora, lora, None, lora_opt, hf_loss, "random", False),
+        today: (wb_lora, lora, None, lora_opt, wb_loss, "random", False),
+        "lora, workbench loss, length-grouped": (wb_lora, lora, None, lora_opt, wb_loss, "grouped", False),
+        caft: (wb_lora, lora, ablate, lora_opt, wb_loss, "grouped", False),
         f"lofit_v({args.heads} heads), workbench loss, length-grouped":
-            (wb_lofit, wb_lofit.model, bias, optimizer(bias.parameters()), wb_loss, "grouped"),
+            (wb_lofit, wb_lofit.model, bias, optimizer(bias.parameters()), wb_loss, "grouped", False),
+        caft_today: (wb_lora, lora, ablate, lora_opt, wb_loss, "random", False),
+        f"{today}, bf16 autocast": (wb_lora, lora, None, lora_opt, wb_loss, "random", True),
+        f"{caft_today}, bf16 autocast": (wb_lora, lora, ablate, lora_opt, wb_loss, "random", True),
     }
     names = list(configs)
     base_name = names[0]
 
     def one_pass(name: str) -> float:
-        wb, model, hooks, opt, loss_fn, plan = configs[name]
+        wb, model, hooks, opt, loss_fn, plan, bf16 = configs[name]
         switch(name != base_name)  # the previous path ran on glibc's allocator defaults
         model.train()
         t0 = time.perf_counter()
         with wb.hooks(hooks) if hooks is not None else _null():
             for b in plans[plan]:
-                loss_fn(model, b).backward()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_fn(model, b)
+                loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         return real / (time.perf_counter() - t0)
@@ -139,12 +149,16 @@ def main() -> None:
     print(f"\ntraining, default model ({wb_lora.model_id}): {len(examples)} safety SFT examples in batches of "
           f"{args.batch}, {real} real tokens; padded positions: random order {padded['random']}, length-grouped "
           f"{padded['grouped']}; {args.threads} threads; median of {args.rounds} interleaved rounds")
-    print(f"{'configuration':<66}{'real tokens/s':>14}{'vs previous':>12}")
+    print(f"{'configuration':<82}{'real tokens/s':>14}{'vs previous':>12}{'vs today':>10}")
     for n in names:
-        print(f"{n:<66}{med[n]:>14.1f}{med[n] / med[base_name]:>11.2f}x")
-    caft_ratio = med[names[2]] / med[caft]
-    print(f"CAFT goal <= 1.05x LoRA (time per token, same batches): {'met' if caft_ratio <= 1.05 else 'NOT met'} "
-          f"({caft_ratio:.3f}x)")
+        print(f"{n:<82}{med[n]:>14.1f}{med[n] / med[base_name]:>11.2f}x{med[n] / med[today]:>9.2f}x")
+    for lora_name, caft_name in ((names[2], caft), (today, caft_today), (f"{today}, bf16 autocast",
+                                                                          f"{caft_today}, bf16 autocast")):
+        caft_ratio = med[lora_name] / med[caft_name]
+        print(f"CAFT goal <= 1.05x LoRA (time per token, same batches; {caft_name}): "
+              f"{'met' if caft_ratio <= 1.05 else 'NOT met'} ({caft_ratio:.3f}x)")
+    bf16_gain = [med[f"{n}, bf16 autocast"] / med[n] for n in (today, caft_today)]
+    print(f"bf16 autocast vs today's fp32 path: LoRA {bf16_gain[0]:.2f}x, CAFT {bf16_gain[1]:.2f}x (goal >= 1.5x)")
     print(f"|HF loss - workbench loss| on one batch: {gap:.2e}")
     print(f"trainable parameters: LoRA r8 {count_parameters(lora)[0]:,}; LoFIT phase v {bias.n_trainable():,}")
     if args.json:

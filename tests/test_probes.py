@@ -127,6 +127,32 @@ def test_solver_reaches_sklearn_optimum():
         fit_logreg_batched(X, y, l2=0.0)
 
 
+def test_bf16_hessians_reach_the_fp32_optimum(data, monkeypatch):
+    """Hessians built in bf16 (the step refined against the exact one) land on the same optimum as
+    fp32 Newton, and the sweep on the same predictions; forced on, whatever this CPU's units."""
+    from workbench import probes
+
+    g = torch.Generator().manual_seed(5)
+    n, d = 400, 60
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    X = torch.randn(3, n, d, generator=g) + y[None, :, None] * torch.linspace(0.1, 1.0, 3)[:, None, None]
+    w32, b32 = fit_logreg_batched(X, y, tol=1e-9)
+    bmm, seen = torch.bmm, set()
+    monkeypatch.setattr(torch, "bmm", lambda a, b: seen.add(a.dtype) or bmm(a, b))
+    w16, b16 = fit_logreg_batched(X, y, tol=1e-9, hessian_dtype=torch.bfloat16)
+    monkeypatch.setattr(torch, "bmm", bmm)
+    assert seen == {torch.float32, torch.bfloat16}  # the Hessians in bf16, everything else in fp32
+    torch.testing.assert_close(w16, w32, atol=2e-4, rtol=0)
+    torch.testing.assert_close(b16, b32, atol=2e-4, rtol=0)
+    feats, labels = data
+    sweeps = {}
+    for flag in (False, True):
+        monkeypatch.setattr(probes, "BF16_HESSIANS", flag)
+        sweeps[flag] = probe_sweep(feats, labels, return_scores=True)[1]["scores"]
+    assert np.abs(sweeps[True] - sweeps[False]).max() < 0.05  # both stop within tol of the optimum
+    np.testing.assert_array_equal(sweeps[True] > 0, sweeps[False] > 0)
+
+
 def test_tiny_variance_feature_standardized_like_sklearn():
     """A float32 feature with a huge mean and a tiny (but real) spread carries the concept:
     standardization must use float64 stats and sklearn's constant-feature rule."""

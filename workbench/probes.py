@@ -12,7 +12,8 @@ massive-activation dimension) and fits L2-regularized logistic regression, minim
 all sites of the same width in one batched damped-Newton solve (same optimum). On a 2-core
 CPU the batched solve wins for many narrow sites (heads, d=64: ~2-6x) but not for wide ones
 (d=576, n=800: one exact Hessian costs about a quarter of a whole single-threaded sklearn
-L-BFGS fit, and Newton needs ~7-10 of them); nothing in it is CPU-specific (``device=``).
+L-BFGS fit, and Newton needs ~7-10 of them); where bf16 GEMMs are fast (AMX) the Hessians are
+built in bf16 (:data:`BF16_HESSIANS`). Nothing in it is CPU-specific (``device=``).
 See bench/probe_sweep.py.
 """
 
@@ -31,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ._hardware import fast_bf16
 from .sites import is_head_site, split_site
 from .stats import score_metrics
 
@@ -38,6 +40,9 @@ RESID_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 # BLAS threads for the sklearn reference. Its per-site problems are small; with 2 threads on
 # a busy 2-core machine OpenBLAS was 10-30x slower than with 1. None = the library default.
 SKLEARN_BLAS_THREADS: int | None = 1
+# the torch solver's Hessians in bf16 (the step refined against the exact fp32 Hessian): None = where
+# bf16 GEMMs are fast (workbench._hardware.fast_bf16: AMX CPUs, CUDA); True / False force it
+BF16_HESSIANS: bool | None = None
 
 
 # ----------------------------------------------------------------------------- site names
@@ -114,7 +119,8 @@ def _fold_index(folds: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.nd
 
 # ----------------------------------------------------------------------------- batched solver
 def fit_logreg_batched(
-    X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, tol: float = 1e-5, max_iter: int = 50
+    X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, tol: float = 1e-5, max_iter: int = 50,
+    hessian_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit S independent L2 logistic regressions at once by damped Newton.
 
@@ -125,6 +131,11 @@ def fit_logreg_batched(
     (Armijo). A site stops after a step whose Newton decrement ``-g.step`` is below
     ``tol * n`` (quadratic convergence: the step it takes lands far closer). Converged sites
     drop out of the batch. Returns ``(w [S, d], b [S])`` in X's dtype and device.
+
+    ``hessian_dtype`` (e.g. ``torch.bfloat16``, where matrix units make it several times faster:
+    :func:`workbench._hardware.fast_bf16`) builds the Hessian in that precision; the step is then
+    refined once against the exact Hessian (two matrix-vector products in X's dtype), so that the
+    gradient, the loss, the line search and the optimum stay those of X's dtype.
     """
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0 (the problem has no optimum on separable data), got {l2}")
@@ -139,20 +150,31 @@ def fit_logreg_batched(
     def loss(z: torch.Tensor, th: torch.Tensor) -> torch.Tensor:  # z [s, n] logits -> [s]
         return torch.nn.functional.softplus(z).sum(1) - z @ y + 0.5 * l2 * (th[:, :d] ** 2).sum(1)
 
-    act, Xs = torch.arange(S, device=dev), Xa
+    hdt = hessian_dtype or dt
+    XhTa = Xa.transpose(1, 2).to(hdt).contiguous()  # [S, d+1, n]: the Hessian's copy (contiguous: a faster GEMM)
+    act, Xs, XhT = torch.arange(S, device=dev), Xa, XhTa
+
+    def solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (L L^T)^-1 b; cholesky_solve copies L each call
+        return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, b[..., None], upper=False),
+                                             upper=True)[..., 0]
+
     z = torch.bmm(Xs, theta[:, :, None])[..., 0]
     f = loss(z, theta)
     for _ in range(max_iter):
         p = torch.sigmoid(z)
         g = torch.bmm((p - y)[:, None, :], Xs)[:, 0]  # [s, d+1]
         g[:, :d] += l2 * theta[:, :d]
-        H = torch.bmm(Xs.transpose(1, 2), Xs * (p * (1 - p))[:, :, None])  # [s, d+1, d+1], the costly part
+        wt = p * (1 - p)
+        H = torch.bmm(XhT * wt.to(hdt)[:, None, :], XhT.mT).to(dt)  # [s, d+1, d+1], the costly part
         H.diagonal(dim1=1, dim2=2).add_(reg)
         L, info = torch.linalg.cholesky_ex(H)
         if bool((info != 0).any()):  # numerically indefinite in low precision: solve in float64
             step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
         else:
-            step = -torch.cholesky_solve(g[..., None], L)[..., 0]
+            step = -solve(L, g)
+            if hdt != dt:  # one refinement: step += H_low^-1 (-g - H step), H step exact in dt
+                Hstep = torch.bmm((wt * torch.bmm(Xs, step[:, :, None])[..., 0])[:, None, :], Xs)[:, 0] + reg * step
+                step = step + solve(L, -g - Hstep)
         slope = (g * step).sum(1)  # directional derivative (< 0)
         done = -slope < tol * n
         zd = torch.bmm(Xs, step[:, :, None])[..., 0]  # logits are linear in the step: no data pass per trial
@@ -172,7 +194,8 @@ def fit_logreg_batched(
             keep = ~done
             if not bool(keep.any()):
                 break
-            act, theta, z, f, Xs = act[keep], theta[keep], z[keep], f[keep], Xa[act[keep]]
+            act, theta, z, f = act[keep], theta[keep], z[keep], f[keep]
+            Xs, XhT = Xa[act], XhTa[act]
     else:
         out[act] = theta
         warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
@@ -197,10 +220,12 @@ def _standardizer(Xtr: torch.Tensor, dtype: torch.dtype):
 
 def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: float,
                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype``, return logits
-    ``[S, m]`` per eval set."""
+    """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype`` (Hessians in bf16 per
+    :data:`BF16_HESSIANS`), return logits ``[S, m]`` per eval set."""
     z = _standardizer(Xtr, dtype)
-    w, b = fit_logreg_batched(z(Xtr), torch.as_tensor(ytr), l2=l2)
+    bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
+    hessian = torch.bfloat16 if bf16 and dtype == torch.float32 else None
+    w, b = fit_logreg_batched(z(Xtr), torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian)
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
 

@@ -227,3 +227,28 @@ def test_caft_concepts_files(tmp_path, data):
     with pytest.raises(ValueError, match="width 576"):
         train({**BASE, "dataset": data, "output_dir": str(tmp_path / "wide"), "finetuning_type": "caft",
                "caft_layers": [1], "caft_concepts": str(tmp_path / "wide.safetensors"), "max_steps": 1}, wb=fresh())
+
+
+class MatmulDtypes(TrainerCallback):
+    """The dtype of the first MLP projection's output at every training step (bf16 under autocast)."""
+
+    def __init__(self, wb):
+        self.dtypes: list[torch.dtype] = []
+        self.layer = wb.model.model.layers[0].mlp.gate_proj
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.handle = self.layer.register_forward_hook(lambda m, i, o: self.dtypes.append(o.dtype))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.handle.remove()
+
+
+def test_bf16_recipe_trains_under_autocast_with_fp32_weights(tmp_path, data):
+    wb = fresh()
+    seen = MatmulDtypes(wb)
+    res = train({**BASE, "dataset": data, "output_dir": str(tmp_path / "bf16"), "learning_rate": 1e-2,
+                 "max_steps": 3, "bf16": True}, wb=wb, callbacks=[seen], progress=False)
+    assert seen.dtypes and set(seen.dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in wb.model.parameters())  # autocast: weights stay fp32
+    assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    assert json.loads((res.run_dir / "config.json").read_text())["recipe"]["bf16"] is True

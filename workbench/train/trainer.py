@@ -282,7 +282,7 @@ def _train(recipe, wb: Workbench, method, records, examples, run_dir, resume, ca
         disable_tqdm=not progress, label_names=["labels"], optim="adamw_torch_fused",
         # without a GPU: CPU processes, gloo between them (torchrun --nproc_per_node N gives data parallelism)
         use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if _cpu_processes() > 1 else None,
-        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random")
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random", bf16=recipe.bf16)
     WorkbenchTrainer, MetricsCallback, NoFinalCheckpoint = _trainer_classes()
     metrics_cb = MetricsCallback(run)
     trainer = WorkbenchTrainer(model=module, args=args, train_dataset=sft_data.SFTDataset(examples),
