@@ -43,6 +43,7 @@ SKLEARN_BLAS_THREADS: int | None = 1
 # the torch solver's Hessians in bf16 (the step refined against the exact fp32 Hessian): None = where
 # bf16 GEMMs are fast (workbench._hardware.fast_bf16: AMX CPUs, CUDA); True / False force it
 BF16_HESSIANS: bool | None = None
+BF16_MIN_WIDTH = 256  # narrower sites (heads, d=64) gain nothing from bf16 Hessians (bench/probe_sweep.py)
 
 
 # ----------------------------------------------------------------------------- site names
@@ -151,7 +152,8 @@ def fit_logreg_batched(
         return torch.nn.functional.softplus(z).sum(1) - z @ y + 0.5 * l2 * (th[:, :d] ** 2).sum(1)
 
     hdt = hessian_dtype or dt
-    XhTa = Xa.transpose(1, 2).to(hdt).contiguous()  # [S, d+1, n]: the Hessian's copy (contiguous: a faster GEMM)
+    # [S, d+1, n]: the Hessian's copy of the data (in hdt, contiguous: a faster bf16 GEMM); fp32 uses X itself
+    XhTa = Xa.transpose(1, 2) if hdt == dt else Xa.transpose(1, 2).to(hdt).contiguous()
     act, Xs, XhT = torch.arange(S, device=dev), Xa, XhTa
 
     def solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (L L^T)^-1 b; cholesky_solve copies L each call
@@ -221,10 +223,11 @@ def _standardizer(Xtr: torch.Tensor, dtype: torch.dtype):
 def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: float,
                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype`` (Hessians in bf16 per
-    :data:`BF16_HESSIANS`), return logits ``[S, m]`` per eval set."""
+    :data:`BF16_HESSIANS` for sites at least :data:`BF16_MIN_WIDTH` wide), return logits ``[S, m]``
+    per eval set."""
     z = _standardizer(Xtr, dtype)
     bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
-    hessian = torch.bfloat16 if bf16 and dtype == torch.float32 else None
+    hessian = torch.bfloat16 if bf16 and dtype == torch.float32 and Xtr.shape[2] >= BF16_MIN_WIDTH else None
     w, b = fit_logreg_batched(z(Xtr), torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian)
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
