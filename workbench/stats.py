@@ -49,8 +49,11 @@ def auroc_weighted(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np
         b = min(S, a + chunk)
         ws = w[:, order[a:b]].transpose(0, 1)  # [s, B, N] weights in each site's sorted order
         neg_cum = torch.nn.functional.pad(torch.cumsum(ws * (1 - pos[a:b, None]), 2), (1, 0))  # [s, B, N+1]
-        below = neg_cum.gather(2, start[a:b, None].expand_as(ws))
-        upto = neg_cum.gather(2, (end[a:b] + 1)[:, None].expand_as(ws))
+        if bool(new[a:b].all()):  # no tied scores: each example is its own tie group
+            below, upto = neg_cum[..., :-1], neg_cum[..., 1:]
+        else:
+            below = neg_cum.gather(2, start[a:b, None].expand_as(ws))
+            upto = neg_cum.gather(2, (end[a:b] + 1)[:, None].expand_as(ws))
         out[a:b] = (ws * pos[a:b, None] * (below + 0.5 * (upto - below))).sum(2)
     return (out / (wpos_tot * wneg_tot)).numpy()
 
