@@ -107,8 +107,13 @@ def main() -> None:
         print(f"  Workbench bf16 weights, batch {args.batch_size:<3d}  {med['workbench_bf16']:7.1f} tok/s  "
               f"{med['workbench_bf16'] / med['hf_b1']:6.2f}x  ({med['workbench_bf16'] / med['workbench']:.2f}x fp32 "
               f"Workbench; its own tokens, re-tokenized)")
+        from workbench.evals import default_judge
+
+        judge = default_judge()
+        same_verdict = int((judge(prompts, texts) == judge(prompts, texts16)).sum())
         print(f"  bf16 answers identical to fp32: {sum(a == b for a, b in zip(texts, texts16))}/{len(prompts)}; "
-              f"the others first differ at word {statistics.median(first) if first else '-'} (median)")
+              f"the others first differ at word {statistics.median(first) if first else '-'} (median); "
+              f"the refusal judge's verdict is the same on {same_verdict}/{len(prompts)}")
     if mismatches:
         raise SystemExit(f"{mismatches} prompts differ from HF batch 1")
 

@@ -119,6 +119,10 @@ def main() -> None:
 
     dfs, times = {}, {}
     bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
+    # untimed warm-up (the first call pays thread-pool start and first-touch page faults): 2 sites per width
+    warm = {s: feats[s] for d in widths for s in [s for s in feats if feats[s].shape[1] == d][:2]}
+    for m, b in (("torch", False), ("torch", bf16), ("sklearn", False)):
+        timed_sweep(warm, y, args, m, bf16=b)
     dfs["torch"], times["torch"] = timed_sweep(feats, y, args, "torch")
     print(f"torch   sweep (batched Newton, float32):          {times['torch']:7.2f}s")
     if bf16:
