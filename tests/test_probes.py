@@ -21,10 +21,10 @@ from sklearn.preprocessing import StandardScaler
 
 from workbench import plots
 from workbench.concepts import diff_means
+from workbench.logreg import fit_logreg_batched
 from workbench.probes import (
     diff_means_separation,
     drop_dimensions,
-    fit_logreg_batched,
     make_folds,
     massive_dimensions,
     probe_sweep,
@@ -109,22 +109,6 @@ def test_torch_matches_sklearn(sweeps):
     for d in (D_RESID, D_HEAD):
         acc = t[t["d"] == d].sort_values("layer")["accuracy"].to_numpy()
         assert acc[0] < 0.6 and acc[-1] > 0.9, acc
-
-
-def test_solver_reaches_sklearn_optimum():
-    """Coefficients and the unpenalized intercept equal sklearn's (imbalanced labels, 3 sites)."""
-    g = torch.Generator().manual_seed(3)
-    n, d = 300, 10
-    y = (torch.rand(n, generator=g) < 0.25).long()
-    X = torch.randn(3, n, d, generator=g, dtype=torch.float64) + y[None, :, None] * torch.tensor([0.2, 0.6, 1.5])[:, None, None]
-    for l2 in (0.3, 3.0):
-        w, b = fit_logreg_batched(X, y, l2=l2, tol=1e-10)
-        for s in range(3):
-            ref = LogisticRegression(C=1 / l2, tol=1e-10, max_iter=10_000).fit(X[s].numpy(), y.numpy())
-            np.testing.assert_allclose(w[s].numpy(), ref.coef_[0], atol=1e-5)
-            np.testing.assert_allclose(float(b[s]), ref.intercept_[0], atol=1e-5)
-    with pytest.raises(ValueError, match="l2 must be > 0"):
-        fit_logreg_batched(X, y, l2=0.0)
 
 
 def test_bf16_hessians_reach_the_fp32_optimum(data, monkeypatch):
