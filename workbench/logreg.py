@@ -88,7 +88,8 @@ def fit_logreg_batched(
             if not bool(keep.any()):
                 break
             act, theta, z, f = act[keep], theta[keep], z[keep], f[keep]
-            Xs, XhT = Xa[act], XhTa[act]
+            Xs = Xa[act]
+            XhT = Xs.mT if hdt == dt else XhTa[act]  # fp32: a view of Xs, not a second copy
     else:
         out[act] = theta
         warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
