@@ -20,7 +20,7 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 12  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 13  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
@@ -36,6 +36,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert (distinct.coca_variant, distinct.refusals, lora_coca["coca_lora"].refusals) == ("think", "distinct", "default")
     coca_twins = plan[next(k for k in plan if k.startswith("coca_lora_twins:"))]
     assert (coca_twins.coca_variant, coca_twins.dataset) == ("think", "advbench,harmbench,benign_instructions,twins_benign")
+    weighted = plan[next(k for k in plan if k.startswith("coca_lora_weighted:"))]
+    assert (weighted.answer_weight, weighted.answer_weight_tokens, lora_coca["coca_lora"].answer_weight) == (4.0, 8, 1.0)
     # method_overrides: sft_twins trains the same recipe on its own data in its own folder
     twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
     assert twins.dataset == coca_twins.dataset and twins.max_steps == 150
@@ -51,7 +53,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
                     "coca_tagged_lora": str(tmp_path / "train/coca_tagged_lora/sft/lora"),
                     "coca_tagged_twins_lora": str(tmp_path / "train/coca_tagged_twins_lora/sft/lora"),
                     "coca_lora_distinct": str(tmp_path / "train/coca_lora_distinct/sft/lora"),
-                    "coca_lora_twins": str(tmp_path / "train/coca_lora_twins/sft/lora")}
+                    "coca_lora_twins": str(tmp_path / "train/coca_lora_twins/sft/lora"),
+                    "coca_lora_weighted": str(tmp_path / "train/coca_lora_weighted/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from workbench._forward import hidden_states, shared_prefix_length
+from workbench.data import load_dataset
 from workbench.data.tasks import gender_task
+from workbench.train import coca
 from workbench.train import data as sft_data
 from workbench.train.loss import response_loss
 
@@ -55,3 +58,27 @@ def test_next_token_logits_equal_forward(wb):
     prompts = [r.prompt for r in gender_task("ood_test", n=5)]
     ref = wb.forward(prompts)[:, -1]
     assert (wb.next_token_logits(prompts, batch_size=3) - ref).abs().max() < 1e-3
+
+
+def test_answer_weights_mark_the_answer_opening_and_weight_the_loss(tiny):
+    recs = coca.refactor(load_dataset("harmbench", split="train", limit=2)
+                         + load_dataset("benign_instructions", split="train", limit=2), "think")
+    examples = sft_data.encode(tiny, recs, 256, answer_weight=3.0, answer_tokens=4)
+    for r, e in zip(recs, examples):
+        w, labelled = e["loss_weights"], e["labels"] != sft_data.IGNORE_INDEX
+        assert ((w > 0) == labelled).all() and int((w == 3.0).sum()) == 4
+        opening = tiny.tokenizer.decode(e["input_ids"][w == 3.0])
+        answer = r.response[coca.answer_start(r.response):]
+        assert answer.startswith(opening.strip()) and len(opening.strip()) > 0, (opening, answer)
+    b = sft_data.Collator(tiny.tokenizer.pad_token_id)(examples)
+    assert b["loss_weights"].shape == b["labels"].shape
+    # closed form from the plain HF forward: sum of weighted per-token cross-entropies / labelled tokens
+    with torch.no_grad():
+        logits = tiny.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        targets, w = b["labels"][:, 1:], b["loss_weights"][:, 1:]
+        sel = targets != sft_data.IGNORE_INDEX
+        ref = (F.cross_entropy(logits[sel], targets[sel], reduction="none") * w[sel]).sum() / sel.sum()
+        got = response_loss(tiny.model, b["input_ids"], b["attention_mask"], b["labels"], weights=b["loss_weights"])
+        plain = response_loss(tiny.model, b["input_ids"], b["attention_mask"], b["labels"])
+    assert abs(float(got) - float(ref)) < 1e-5 and float(got) > float(plain)
+    assert "loss_weights" not in sft_data.encode(tiny, recs[:1], 256)[0]  # the default path is unchanged

@@ -71,6 +71,15 @@ def test_think_variant_names_concepts_then_decides():
     assert harm.prompt == HARM.prompt and harm.label == 1 and harm.meta["orig_id"] == "hb/1"
 
 
+def test_answer_start_is_where_the_answer_follows_the_reasoning():
+    for variant in ("think", "tagged"):
+        harm, good = coca.refactor([HARM, GOOD], variant)
+        assert good.response[coca.answer_start(good.response):].removesuffix("</response>") == GOOD.response
+        assert harm.response[coca.answer_start(harm.response):].startswith(coca.refusal(HARM))
+    plain = coca.plain_sft([GOOD])[0].response
+    assert coca.answer_start(plain) == 0 and coca.answer_start("Concepts: none. Safe, so I help.") == 32
+
+
 def test_normal_variants_have_no_reasoning_step():
     for variant in ("normal", "normal_warm"):
         harm, good = coca.refactor([HARM, GOOD], variant)

@@ -252,3 +252,14 @@ def test_bf16_recipe_trains_under_autocast_with_fp32_weights(tmp_path, data):
     assert all(p.dtype == torch.float32 for p in wb.model.parameters())  # autocast: weights stay fp32
     assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
     assert json.loads((res.run_dir / "config.json").read_text())["recipe"]["bf16"] is True
+
+
+def test_answer_weight_reaches_the_trained_loss(tmp_path, data):
+    """The collator's loss_weights travel through the HF Trainer into the loss: the first step's
+    loss (same weights, same batch) is larger when the answer's opening weighs more."""
+    first = {}
+    for w in (1.0, 5.0):
+        res = train({**BASE, "dataset": data, "output_dir": str(tmp_path / f"w{w}"), "learning_rate": 1e-3,
+                     "max_steps": 1, "answer_weight": w, "answer_weight_tokens": 2}, wb=fresh(), progress=False)
+        first[w] = res.losses[0]
+    assert first[5.0] > first[1.0] * 1.05

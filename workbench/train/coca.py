@@ -198,6 +198,18 @@ def parse_decision(text: str) -> dict | None:
     return None
 
 
+def answer_start(text: str) -> int:
+    """Character offset at which a COCA response's answer begins, after its reasoning (the tagged
+    template's ``<response>`` tag or the one-line step); 0 when no reasoning parses (plain SFT)."""
+    tagged = _TAGGED.match(text)
+    if tagged is not None and tagged.group("response") is not None:
+        return tagged.start("response")
+    line = _REASONING.match(text)
+    if line is None:
+        return 0
+    return len(text) - len(text[line.end():].lstrip())
+
+
 def answer_part(text: str) -> str:
     """What a COCA response says after its reasoning (the whole text when no reasoning parses):
     the part a refusal judge should read."""

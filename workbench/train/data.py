@@ -53,10 +53,16 @@ def records_hash(records: Sequence[Record]) -> str:
     return h.hexdigest()[:16]
 
 
-def encode(wb: Workbench, records: Sequence[Record], cutoff_len: int) -> list[dict]:
+def encode(wb: Workbench, records: Sequence[Record], cutoff_len: int, answer_weight: float = 1.0,
+           answer_tokens: int = 8) -> list[dict]:
     """Chat-format each record and keep labels on response tokens only (``-100`` elsewhere).
     Examples longer than ``cutoff_len`` are cut at the end; an example left with no response
-    token is dropped (with a count in the error if none remain)."""
+    token is dropped (with a count in the error if none remain).
+
+    ``answer_weight != 1``: each example also gets ``loss_weights`` ``[pos]`` (float): 1 on response
+    tokens, ``answer_weight`` on the first ``answer_tokens`` tokens of the answer (after a COCA
+    reasoning step, :func:`coca.answer_start`; the response's first tokens without one), 0 elsewhere.
+    """
     out, dropped = [], 0
     for r in records:
         # A token spans a few characters: cut very long responses before the chat formatter
@@ -75,11 +81,26 @@ def encode(wb: Workbench, records: Sequence[Record], cutoff_len: int) -> list[di
             dropped += 1
             continue
         labels = torch.where(resp, ids, torch.full_like(ids, IGNORE_INDEX))
-        out.append({"input_ids": ids, "labels": labels})
+        example = {"input_ids": ids, "labels": labels}
+        if answer_weight != 1.0:
+            example["loss_weights"] = _answer_weights(wb, response, resp, answer_weight, answer_tokens)
+        out.append(example)
     if not out:
         raise ValueError(f"no training example keeps a response token within cutoff_len={cutoff_len} "
                          f"({dropped} dropped); raise cutoff_len")
     return out
+
+
+def _answer_weights(wb: Workbench, response: str, resp: torch.Tensor, weight: float, n_tokens: int) -> torch.Tensor:
+    """``[pos]`` loss weights: 1 on the response mask ``resp``, ``weight`` on the answer's first
+    ``n_tokens`` tokens (the reasoning's tokens are counted by tokenizing it alone)."""
+    weights = resp.float()
+    prefix = response[: coca.answer_start(response)]
+    skip = len(wb.tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
+    first = int(resp.nonzero()[0]) + skip
+    span = weights[first: first + n_tokens]
+    span[resp[first: first + n_tokens]] = weight
+    return weights
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -94,7 +115,8 @@ class SFTDataset(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Right-pad a list of examples: ``input_ids`` (pad id), ``attention_mask``, ``labels`` (-100)."""
+    """Right-pad a list of examples: ``input_ids`` (pad id), ``attention_mask``, ``labels`` (-100),
+    ``loss_weights`` (0) when the examples have them."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -105,8 +127,11 @@ class Collator:
         def pad(t, value):
             return torch.cat([t, torch.full((width - len(t),), value, dtype=t.dtype)])
 
-        return {
+        batch = {
             "input_ids": torch.stack([pad(e["input_ids"], self.pad_token_id) for e in examples]),
             "attention_mask": torch.stack([pad(torch.ones_like(e["input_ids"]), 0) for e in examples]),
             "labels": torch.stack([pad(e["labels"], IGNORE_INDEX) for e in examples]),
         }
+        if "loss_weights" in examples[0]:
+            batch["loss_weights"] = torch.stack([pad(e["loss_weights"], 0.0) for e in examples])
+        return batch

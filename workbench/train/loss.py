@@ -14,12 +14,15 @@ from .data import IGNORE_INDEX
 
 
 def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  labels: torch.Tensor, share_prefix: bool = True, num_items=None) -> torch.Tensor:
+                  labels: torch.Tensor, share_prefix: bool = True, num_items=None,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over positions whose label is not ``-100``.
 
     ``input_ids`` / ``attention_mask`` / ``labels``: ``[batch, pos]``, right-padded (the collator's).
     ``num_items``: divide the summed loss by this count instead (the labelled tokens of a whole
     optimizer step across accumulation steps and processes, as the HF Trainer passes it).
+    ``weights``: ``[batch, pos]`` per-token loss weights (aligned with ``labels``): the weighted sum
+    is divided by the labelled-token count as above, so a weight of 2 doubles a token's gradient.
     """
     hidden = hidden_states(model, input_ids, attention_mask, share_prefix=share_prefix)[:, :-1]
     targets = labels[:, 1:]
@@ -28,6 +31,10 @@ def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         return hidden.sum() * 0.0
     _, head = decoder_and_head(model)
     logits = head(hidden[sel]).float()
+    if weights is not None:
+        total = (F.cross_entropy(logits, targets[sel], reduction="none") * weights[:, 1:][sel].to(logits)).sum()
+        count = sel.sum() if num_items is None else num_items
+        return total / torch.as_tensor(count).to(logits.device)
     if num_items is None:
         return F.cross_entropy(logits, targets[sel])
     return F.cross_entropy(logits, targets[sel], reduction="sum") / torch.as_tensor(num_items).to(logits.device)
@@ -48,7 +55,8 @@ class TrainModule(nn.Module):
         self.core = core
         self.extras = extras if extras is not None else nn.Module()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, num_items_in_batch=None, **_):
+    def forward(self, input_ids, attention_mask=None, labels=None, num_items_in_batch=None, loss_weights=None, **_):
         if labels is None:
             return self.core(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return {"loss": response_loss(self.core, input_ids, attention_mask, labels, num_items=num_items_in_batch)}
+        return {"loss": response_loss(self.core, input_ids, attention_mask, labels, num_items=num_items_in_batch,
+                                      weights=loss_weights)}

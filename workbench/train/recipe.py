@@ -50,6 +50,8 @@ class Recipe:
     coca_variant: str | None = None           # normal | think | tagged (+ _warm) (see coca.py)
     max_samples: int | None = None            # per dataset, a seeded random sample
     refusals: str = "default"                 # the harmful records' refusal texts: default | distinct (coca.REFUSAL_SETS)
+    answer_weight: float = 1.0                # loss weight of the answer's first tokens (after a COCA reasoning step)
+    answer_weight_tokens: int = 8             # how many answer tokens answer_weight applies to
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
     system_prompt: str | None = None          # chat system message; null = the template's default, "" = none
     # --- LoRA (lora and caft)
@@ -159,7 +161,7 @@ class Recipe:
         for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "save_steps", "logging_steps"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("learning_rate", "num_train_epochs"):
+        for key in ("learning_rate", "num_train_epochs", "answer_weight", "answer_weight_tokens"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("weight_decay", "lora_dropout", "max_grad_norm"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
