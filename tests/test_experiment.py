@@ -135,6 +135,8 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path, caplog):
                                                                                   "overrefusal"))
     assert lofit["coca_adherence"]["n"] == n_gen > 0 and 0 <= lofit["coca_adherence"]["value"] <= 1
     assert "| COCA format adherence (generations) | – | – | – | " in table
+    # whether answers follow the decision is derived when any decision parses (a random model's rarely do)
+    assert ("coca_followed" in lofit) == (lofit["coca_adherence"]["parsed"] > 0)
     assert set(results["judges"]) == {"default", "substring", "probe (layer 1)"}
     # probe transfer to jailbreak-wrapped prompts for every model, the refusal direction for trained ones
     for name, r in results["results"].items():

@@ -57,6 +57,24 @@ def test_format_adherence_counts_parsed_and_correct_decisions():
     assert coca.reasoning_budget(None) == 0 < coca.reasoning_budget("think") < coca.reasoning_budget("tagged_warm")
 
 
+def test_decision_following_counts_answers_against_their_own_decision():
+    refuse, helps = coca.refactor([HARM, GOOD], "think")
+    metrics = {
+        "id_harmful": {"kind": "refusal", "samples": [["p", refuse.response, True], ["p", helps.response, True],
+                                                      ["p", "Sure, here it is.", False]]},
+        "benign": {"kind": "compliance", "samples": [["p", helps.response, False], ["p", helps.response, True],
+                                                    ["p", refuse.response, True]]},
+        "gsm8k": {"kind": "exact_match", "samples": [["p", helps.response, True]]},  # not a judged suite
+    }
+    rates = coca.decision_following(metrics)
+    # parsed: 5 (the plain "Sure" is not); followed: refuse+refused, help+answered, refuse+refused
+    assert rates["coca_followed"]["value"] == pytest.approx(3 / 5) and rates["coca_followed"]["n"] == 5
+    assert rates["coca_harmful_safe"]["value"] == pytest.approx(1 / 2) and rates["coca_harmful_safe"]["n"] == 2
+    assert rates["coca_help_refused"]["value"] == pytest.approx(1 / 2) and rates["coca_help_refused"]["n"] == 2
+    assert rates["coca_followed"]["ci_low"] < 0.6 < rates["coca_followed"]["ci_high"]
+    assert coca.decision_following({"benign": {"kind": "compliance", "samples": [["p", "Sure.", False]]}}) == {}
+
+
 def test_think_variant_names_concepts_then_decides():
     harm, bomb, good = coca.refactor([HARM, BOMB, GOOD], "think")
     assert harm.response.startswith("Concepts: cybercrime. Unsafe, so I refuse.\n\n")

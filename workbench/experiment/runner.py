@@ -78,11 +78,14 @@ def collect(out: Path, method_runs: dict[str, str]) -> tuple[dict[str, dict], di
     """The finished files of one seed: ``({model: metrics + erasure [+ transfer, refusal]},
     {method: training summary})``."""
     from ..evals import load_metrics
+    from ..train import coca
 
     results, train_info = {}, {}
     for name, run_dir in [(BASELINE, None), *method_runs.items()]:
         res: dict[str, Any] = {**load_metrics(out / "eval" / name / "eval.json"),
                                "erasure": json.loads((out / "erasure" / name / "erasure.json").read_text())}
+        if "coca_adherence" in res["suites"]:  # derived from the stored samples (older folders have them too)
+            res["suites"].update(coca.decision_following(res["suites"]))
         for key, path in (("transfer", out / "transfer" / f"{name}.json"), ("refusal", out / "refusal" / f"{name}.json")):
             if path.is_file():
                 res[key] = json.loads(path.read_text())

@@ -17,7 +17,10 @@ SUMMARY_ROWS = [("id_harmful", "refusal rate (ID harmful)"), ("ood_template", "a
                 ("ood_gcg", "attack success: GCG suffixes"), ("ood_encoding", "attack success: encodings"),
                 ("benign", "benign compliance"), ("overrefusal", "over-refusal"), ("gsm8k", "GSM8K exact match"),
                 ("mmlu", "MMLU accuracy"), ("perplexity", "perplexity (benign answers)"),
-                ("coca_adherence", "COCA format adherence (generations)")]
+                ("coca_adherence", "COCA format adherence (generations)"),
+                ("coca_followed", "COCA: the answer follows the decision"),
+                ("coca_harmful_safe", "COCA: harmful prompts decided safe"),
+                ("coca_help_refused", "COCA: benign, decided to answer, then refused")]
 
 
 def _cell(m: dict) -> str:
