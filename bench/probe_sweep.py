@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench import probes  # noqa: E402
+from workbench._allocator import keep_freed_memory  # noqa: E402
 from workbench._hardware import fast_bf16  # noqa: E402
 from workbench.probes import probe_sweep, split_heads  # noqa: E402
 
@@ -109,6 +110,9 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
+    # both methods run with freed memory kept in the process, as in any Workbench process (and
+    # after the first torch sweep anyway): otherwise every large allocation pays its page faults
+    print(f"allocator keeps freed memory: {keep_freed_memory()}")
     feats, y = real_features(args.n) if args.real else synthetic_features(args.n, args.seed)
     widths = sorted({x.shape[1] for x in feats.values()})
     print(f"{len(feats)} sites (widths {widths}), N={len(y)}, {args.folds} folds, l2={args.l2}, "

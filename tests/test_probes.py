@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from workbench import plots
+from workbench import plots, probes
 from workbench.concepts import diff_means
 from workbench.logreg import fit_logreg_batched
 from workbench.probes import (
@@ -114,8 +114,6 @@ def test_torch_matches_sklearn(sweeps):
 def test_bf16_hessians_reach_the_fp32_optimum(data, monkeypatch):
     """Hessians built in bf16 (the step refined against the exact one) land on the same optimum as
     fp32 Newton, and the sweep on the same predictions; forced on, whatever this CPU's units."""
-    from workbench import probes
-
     g = torch.Generator().manual_seed(5)
     n, d = 400, 60
     y = (torch.rand(n, generator=g) < 0.5).long()
@@ -184,6 +182,16 @@ def test_deterministic_for_seed(data):
     b = probe_sweep(feats, y, seed=1)
     pd.testing.assert_frame_equal(a, b)
     assert not np.array_equal(make_folds(y, 5, 1)[0][1], make_folds(y, 5, 2)[0][1])
+
+
+def test_batches_of_sites_give_the_same_probes(data, monkeypatch):
+    feats, y = data
+    whole = probe_sweep(feats, y, seed=1, return_scores=True)
+    monkeypatch.setattr(probes, "BATCH_BYTES", 1)  # every site its own solve
+    assert all(len(b) == 1 for b in probes._groups(list(feats), feats))
+    alone = probe_sweep(feats, y, seed=1, return_scores=True)
+    np.testing.assert_allclose(alone[1]["scores"], whole[1]["scores"], atol=1e-4)
+    pd.testing.assert_series_equal(alone[0]["accuracy"], whole[0]["accuracy"])
 
 
 def test_metrics_match_independent_computation(data, sweeps):

@@ -236,7 +236,7 @@ def erasure_check(
             erased_tr[s], erased_te[s] = e(raw_tr[s].double()), e(raw_te[s].double())
             ranks[i] = max(ranks[i], e.rank)
         if method == "torch":  # both variants in one batched call per width
-            for idx in _groups(names, raw_tr).values():
+            for idx in _groups(names, raw_tr):
                 sub = [names[i] for i in idx]
                 for src_tr, src_te, out in ((raw_tr, raw_te, before), (erased_tr, erased_te, after)):
                     Xtr, Xte = (_stack(src, sub, "cpu") for src in (src_tr, src_te))  # erased: float64

@@ -9,8 +9,8 @@ Every probe standardizes features with training-fold statistics (the residual st
 massive-activation dimension) and fits L2-regularized logistic regression, minimizing
 ``sum(logloss) + 0.5 * l2 * ||w||^2`` (intercept unpenalized) -- sklearn's objective with
 ``C = 1 / l2``. ``method="sklearn"`` is the per-site reference loop; ``method="torch"`` fits
-all sites of the same width in one batched damped-Newton solve (same optimum; the solver is
-:mod:`workbench.logreg`). On a 2-core CPU the batched solve wins for many narrow sites
+sites of the same width in batched damped-Newton solves of cache-sized batches
+(:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`). On a 2-core CPU the batched solve wins for many narrow sites
 (heads, d=64: ~2-6x) but not for wide ones (d=576, n=800: one exact Hessian costs about a
 quarter of a whole single-threaded sklearn L-BFGS fit, and Newton needs ~7-10 of them); where
 bf16 GEMMs are fast (AMX) the Hessians are built in bf16 (:data:`BF16_HESSIANS`). Nothing in it is CPU-specific (``device=``).
@@ -31,6 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ._allocator import keep_freed_memory
 from ._hardware import fast_bf16
 from .logreg import fit_logreg_batched, standardizer
 from .sites import is_head_site, split_site
@@ -44,6 +45,10 @@ SKLEARN_BLAS_THREADS: int | None = 1
 # bf16 GEMMs are fast (workbench._hardware.fast_bf16: AMX CPUs, CUDA); True / False force it
 BF16_HESSIANS: bool | None = None
 BF16_MIN_WIDTH = 256  # narrower sites (heads, d=64) gain nothing from bf16 Hessians (bench/probe_sweep.py)
+# sites per batched solve: a batch's float32 data about this size. Every Newton step makes several
+# passes over the batch; cache-sized batches beat one batch of every site of a width (2 cores,
+# N=1000: residual sites 2.53 -> 1.95 s at 4-8 per batch, heads 1.14 -> 1.01 s at 64; bench/probe_sweep.py)
+BATCH_BYTES = 12 * 2**20
 
 
 # ----------------------------------------------------------------------------- site names
@@ -123,6 +128,7 @@ def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: fl
     """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype`` (Hessians in bf16 per
     :data:`BF16_HESSIANS` for sites at least :data:`BF16_MIN_WIDTH` wide), return logits ``[S, m]``
     per eval set."""
+    keep_freed_memory()  # the solves allocate and free the same large blocks: no page faults each time
     z = standardizer(Xtr, dtype)
     bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
     hessian = torch.bfloat16 if bf16 and dtype == torch.float32 and Xtr.shape[2] >= BF16_MIN_WIDTH else None
@@ -130,12 +136,17 @@ def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: fl
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
 
-def _groups(names: Sequence[str], features: Mapping[str, torch.Tensor]) -> dict[int, list[int]]:
-    """Site indices grouped by feature width (each group is fitted as one batch)."""
-    groups: dict[int, list[int]] = {}
+def _groups(names: Sequence[str], features: Mapping[str, torch.Tensor]) -> list[list[int]]:
+    """Site indices of equal feature width, in batches whose float32 data is about
+    :data:`BATCH_BYTES` (each batch is fitted as one solve)."""
+    by_width: dict[int, list[int]] = {}
     for i, s in enumerate(names):
-        groups.setdefault(features[s].shape[1], []).append(i)
-    return groups
+        by_width.setdefault(features[s].shape[1], []).append(i)
+    batches = []
+    for width, idx in by_width.items():
+        size = max(1, BATCH_BYTES // (4 * (width + 1) * features[names[idx[0]]].shape[0]))
+        batches += [idx[lo:lo + size] for lo in range(0, len(idx), size)]
+    return batches
 
 
 def _stack(features: Mapping[str, torch.Tensor], names: Sequence[str], device) -> torch.Tensor:
@@ -168,7 +179,7 @@ def fit_predict(
     if method != "torch":
         raise ValueError(f"method must be 'torch' or 'sklearn', got {method!r}")
     device = device or train[names[0]].device
-    for idx in _groups(names, train).values():
+    for idx in _groups(names, train):
         sub = [names[i] for i in idx]
         res = _torch_scores(_stack(train, sub, device), y_train, [_stack(ev, sub, device) for ev in evals], l2, dtype)
         for out, r in zip(outs, res):
@@ -226,7 +237,7 @@ def probe_sweep(
     scores, fold_of = np.empty((len(names), len(y))), _fold_index(folds, len(y))
     if method == "torch":
         device = device or features[names[0]].device
-        for idx in _groups(names, features).values():
+        for idx in _groups(names, features):
             Xall = _stack(features, [names[i] for i in idx], device)  # [S, N, d], once per group
             for tr, te in folds:
                 trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
