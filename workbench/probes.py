@@ -9,12 +9,12 @@ Every probe standardizes features with training-fold statistics (the residual st
 massive-activation dimension) and fits L2-regularized logistic regression, minimizing
 ``sum(logloss) + 0.5 * l2 * ||w||^2`` (intercept unpenalized) -- sklearn's objective with
 ``C = 1 / l2``. ``method="sklearn"`` is the per-site reference loop; ``method="torch"`` fits
-sites of the same width in batched damped-Newton solves of cache-sized batches
-(:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`). On a 2-core CPU the batched solve wins for many narrow sites
-(heads, d=64: ~2-6x) but not for wide ones (d=576, n=800: one exact Hessian costs about a
-quarter of a whole single-threaded sklearn L-BFGS fit, and Newton needs ~7-10 of them); where
-bf16 GEMMs are fast (AMX) the Hessians are built in bf16 (:data:`BF16_HESSIANS`). Nothing in it is CPU-specific (``device=``).
-See bench/probe_sweep.py.
+sites of the same width in batched damped-Newton solves, in cache-sized batches
+(:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`). On a 2-core CPU the
+batched solve wins most for many narrow sites (heads, d=64: ~5-6x) and less for wide ones (d=576,
+n=800: Newton needs ~7 exact Hessians and Cholesky factorizations per fit); where bf16 GEMMs are
+fast (AMX) the Hessians are built in bf16 (:data:`BF16_HESSIANS`). Nothing in it is CPU-specific
+(``device=``). See bench/probe_sweep.py.
 """
 
 from __future__ import annotations

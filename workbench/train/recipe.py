@@ -159,9 +159,9 @@ class Recipe:
         if self.coca_variant is not None:
             _choice("coca_variant", self.coca_variant, COCA_VARIANTS, source)
         for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",
-                    "gradient_accumulation_steps", "save_steps", "logging_steps"):
+                    "gradient_accumulation_steps", "save_steps", "logging_steps", "answer_weight_tokens"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("learning_rate", "num_train_epochs", "answer_weight", "answer_weight_tokens"):
+        for key in ("learning_rate", "num_train_epochs", "answer_weight"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("weight_decay", "lora_dropout", "max_grad_norm"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
