@@ -69,7 +69,7 @@ def test_answer_weights_mark_the_answer_opening_and_weight_the_loss(tiny):
         assert ((w > 0) == labelled).all() and int((w == 3.0).sum()) == 4
         opening = tiny.tokenizer.decode(e["input_ids"][w == 3.0])
         answer = r.response[coca.answer_start(r.response):]
-        assert answer.startswith(opening.strip()) and len(opening.strip()) > 0, (opening, answer)
+        assert answer.startswith(opening) and opening.strip() == opening and opening, (opening, answer)
     b = sft_data.Collator(tiny.tokenizer.pad_token_id)(examples)
     assert b["loss_weights"].shape == b["labels"].shape
     # closed form from the plain HF forward: sum of weighted per-token cross-entropies / labelled tokens

@@ -93,10 +93,12 @@ def encode(wb: Workbench, records: Sequence[Record], cutoff_len: int, answer_wei
 
 def _answer_weights(wb: Workbench, response: str, resp: torch.Tensor, weight: float, n_tokens: int) -> torch.Tensor:
     """``[pos]`` loss weights: 1 on the response mask ``resp``, ``weight`` on the answer's first
-    ``n_tokens`` tokens (the reasoning's tokens are counted by tokenizing it alone)."""
+    ``n_tokens`` tokens: those of the response's own tokenization that begin at or after the
+    answer's first character (a token spanning the boundary counts as reasoning)."""
     weights = resp.float()
-    prefix = response[: coca.answer_start(response)]
-    skip = len(wb.tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
+    start = coca.answer_start(response)
+    offsets = wb.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    skip = sum(1 for lo, _ in offsets if lo < start) if start else 0
     first = int(resp.nonzero()[0]) + skip
     span = weights[first: first + n_tokens]
     span[resp[first: first + n_tokens]] = weight
