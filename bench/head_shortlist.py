@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import cast
 
 import torch
 
@@ -42,10 +43,11 @@ def main() -> None:
     from workbench import Workbench
     from workbench._forward import decoder_and_head
     from workbench.data import harmful_vs_benign
+    from workbench.generation import _unwrapped
 
     wb = Workbench.load()
     _, head = decoder_and_head(wb.model)
-    w = head.original_component.weight.detach() if hasattr(head, "original_component") else head.weight.detach()
+    w = cast(torch.Tensor, _unwrapped(head).weight).detach()  # the tied unembedding [V, d]
     wb16, wab16 = w.bfloat16(), w.abs().bfloat16()
     b = wb.tokenize([r.prompt for r in harmful_vs_benign(n_per_class=16, match_lengths=True, seed=0)])
     with torch.no_grad():
