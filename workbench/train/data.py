@@ -96,9 +96,10 @@ def _answer_weights(wb: Workbench, response: str, resp: torch.Tensor, weight: fl
     ``n_tokens`` tokens: those of the response's own tokenization that begin at or after the
     answer's first character (a token spanning the boundary counts as reasoning)."""
     weights = resp.float()
-    start = coca.answer_start(response)
-    offsets = wb.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    skip = sum(1 for lo, _ in offsets if lo < start) if start else 0
+    start, skip = coca.answer_start(response), 0
+    if start:  # a reasoning step precedes the answer: count its tokens
+        offsets = wb.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        skip = sum(1 for lo, _ in offsets if lo < start)
     first = int(resp.nonzero()[0]) + skip
     span = weights[first: first + n_tokens]
     span[resp[first: first + n_tokens]] = weight
