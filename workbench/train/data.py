@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data import Record, load_dataset
-from . import coca
+from . import coca, self_answers
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -21,14 +21,16 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def build_records(recipe: Recipe) -> list[Record]:
+def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
     """The (prompt, response) records a recipe trains on.
 
     ``dataset`` names registry datasets or ``.jsonl`` files (see :func:`coca.write_jsonl`),
     comma-separated; ``max_samples`` draws a seeded random sample per dataset. With ``coca_variant``
     every record is refactored by :func:`coca.refactor`; without it, plain safety SFT
     (:func:`coca.plain_sft`: harmful -> refusal, benign -> reference answer). ``refusals`` names
-    the refusal texts (:data:`coca.REFUSAL_SETS`).
+    the refusal texts (:data:`coca.REFUSAL_SETS`). ``benign_answers: self`` answers the benign records
+    with ``wb``, the model the run starts from (:func:`self_answers.with_self_answers`; stored in the
+    run folder).
     """
     records: list[Record] = []
     for name in recipe.datasets():
@@ -41,6 +43,10 @@ def build_records(recipe: Recipe) -> list[Record]:
             rng = random.Random(f"{recipe.seed}/{name}")
             recs = rng.sample(recs, recipe.max_samples)
         records.extend(recs)
+    if recipe.benign_answers == "self":
+        if wb is None:
+            raise ValueError("benign_answers: self needs the model the run starts from (build_records(recipe, wb))")
+        records = self_answers.with_self_answers(wb, records, Path(recipe.output_dir) / self_answers.FILE)
     if recipe.coca_variant:
         return coca.refactor(records, recipe.coca_variant, recipe.refusals)
     return coca.plain_sft(records, recipe.refusals)

@@ -50,6 +50,7 @@ class Recipe:
     coca_variant: str | None = None           # normal | think | tagged (+ _warm) (see coca.py)
     max_samples: int | None = None            # per dataset, a seeded random sample
     refusals: str = "default"                 # the harmful records' refusal texts: default | distinct (coca.REFUSAL_SETS)
+    benign_answers: str = "reference"         # reference | self (the starting model's own answers, train.self_answers)
     answer_weight: float = 1.0                # loss weight of the answer's first tokens (after a COCA reasoning step)
     answer_weight_tokens: int = 8             # how many answer tokens answer_weight applies to
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
@@ -156,6 +157,7 @@ class Recipe:
         if self.dataset_split is not None:
             _choice("dataset_split", self.dataset_split, ("train", "val", "test"), source)
         _choice("refusals", self.refusals, list(REFUSAL_SETS), source)
+        _choice("benign_answers", self.benign_answers, ("reference", "self"), source)
         if self.coca_variant is not None:
             _choice("coca_variant", self.coca_variant, COCA_VARIANTS, source)
         for key in ("cutoff_len", "lora_rank", "per_device_train_batch_size",

@@ -224,7 +224,7 @@ def train(recipe, wb=None, callbacks: Sequence = (), progress: bool = True) -> T
             raise RecipeError(f"the recipe's system_prompt {recipe.system_prompt!r} differs from the given "
                               f"Workbench's {wb.chat.system_prompt!r}")
 
-    records = sft_data.build_records(recipe)
+    records = sft_data.build_records(recipe, wb)
     examples = sft_data.encode(wb, records, recipe.cutoff_len, recipe.answer_weight, recipe.answer_weight_tokens)
     method = make_method(wb, recipe, records)
     if method.changes_weights:  # LoFIT leaves the weights alone (its interventions are hooks)
