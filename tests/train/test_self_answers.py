@@ -25,9 +25,11 @@ def test_complete_sentences_cuts_after_the_last_sentence():
 
 
 def test_self_answers_are_the_models_greedy_answers_judged_and_stored(wb, tmp_path, monkeypatch):
-    benign = load_dataset("benign_instructions", split="train")[:4]
+    benign = [r for r in load_dataset("benign_instructions", split="train")
+              if len(wb.tokenizer(r.prompt)["input_ids"]) < 256][:4]
     bare = Record(id="b/none", prompt="Name three primary colours.", label=0, source="b")  # no reference
-    records = [HARM, *benign, bare]
+    long = Record(id="b/long", prompt="Summarise: " + "word " * 300, label=0, source="b", response="A summary.")
+    records = [HARM, *benign, bare, long]
     path = tmp_path / sa.FILE
     out = sa.with_self_answers(wb, records, path, max_new_tokens=24, progress=False)
 
@@ -35,8 +37,8 @@ def test_self_answers_are_the_models_greedy_answers_judged_and_stored(wb, tmp_pa
     expected = [sa.complete_sentences(t) for t in wb.generate(prompts, max_new_tokens=24, batch_size=2,
                                                                 progress=False)]
     refused = default_judge()(prompts, expected)
-    assert out[0] is HARM  # harmful records pass unchanged
-    kept = {r.id: r for r in out[1:]}
+    assert out[0] is HARM and out[-1] is long  # harmful records and prompts training would cut pass unchanged
+    kept = {r.id: r for r in out[1:-1]}
     for rec, answer, no in zip([*benign, bare], expected, refused):
         if not no:
             assert kept[rec.id].response == answer and kept[rec.id].meta["answer_source"] == "self"

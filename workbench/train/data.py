@@ -46,7 +46,8 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
     if recipe.benign_answers == "self":
         if wb is None:
             raise ValueError("benign_answers: self needs the model the run starts from (build_records(recipe, wb))")
-        records = self_answers.with_self_answers(wb, records, Path(recipe.output_dir) / self_answers.FILE)
+        records = self_answers.with_self_answers(wb, records, Path(recipe.output_dir) / self_answers.FILE,
+                                                 max_prompt_tokens=recipe.cutoff_len)
     if recipe.coca_variant:
         return coca.refactor(records, recipe.coca_variant, recipe.refusals)
     return coca.plain_sft(records, recipe.refusals)

@@ -77,21 +77,25 @@ def generate_answers(wb: Workbench, prompts: Sequence[str], path: str | Path, ma
 
 
 def with_self_answers(wb: Workbench, records: Sequence[Record], path: str | Path, max_new_tokens: int = 128,
-                      progress: bool = True) -> list[Record]:
+                      max_prompt_tokens: int = 256, progress: bool = True) -> list[Record]:
     """``records`` with every benign one (label 0) answered by ``wb`` where the default judge says the
     answer complies (``meta["answer_source"] = "self"``); the others keep their reference answer
-    (``"reference"``) or, without one, are dropped. Harmful records pass unchanged.
+    (``"reference"``) or, without one, are dropped. Harmful records, and prompts of
+    ``max_prompt_tokens`` tokens or more (training cuts them before any answer token), pass unchanged.
     Raises ``ValueError`` when no record is left."""
     from ..evals.judges import default_judge
 
-    benign = [r for r in records if r.label == 0]
+    def fits(prompt: str) -> bool:
+        return len(wb.tokenizer(prompt, add_special_tokens=False)["input_ids"]) < max_prompt_tokens
+
+    benign = [r for r in records if r.label == 0 and fits(r.prompt)]
     answers = generate_answers(wb, [r.prompt for r in benign], path, max_new_tokens, progress=progress)
     refused = default_judge()([r.prompt for r in benign], [answers[r.prompt] for r in benign]) if benign else []
     verdict = {r.id: bool(x) for r, x in zip(benign, refused)}
     out: list[Record] = []
     counts = {"self": 0, "reference": 0, "dropped": 0}
     for r in records:
-        if r.label != 0:
+        if r.id not in verdict:
             out.append(r)
         elif not verdict[r.id] and answers[r.prompt]:
             out.append(replace(r, response=answers[r.prompt], meta={**r.meta, "answer_source": "self"}))
