@@ -20,13 +20,13 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 15  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 17  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
     # full size: every method trains on the same records for the same number of steps
     assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for r in plan.values())
-    with_twins = ("sft_twins:", "coca_tagged_twins_lora:", "coca_lora_twins:", "coca_lora_self:", "sft_self:")
+    with_twins = ("sft_twins:", "coca_tagged_twins_lora:", "coca_lora_twins:", "coca_lora_self", "sft_self:")
     assert {r.dataset for k, r in plan.items() if not k.startswith(with_twins)} == {"advbench,harmbench,benign_instructions"}
     # COCA's data on LoRA: the sft recipe with a COCA variant, in its own folder
     lora_coca = {m: plan[next(k for k in plan if k.startswith(f"{m}:"))] for m in ("coca_lora", "coca_tagged_lora")}
@@ -42,6 +42,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert [(r.benign_answers, r.coca_variant, r.dataset) for r in self_answered.values()] == [
         ("self", "think", coca_twins.dataset), ("self", None, coca_twins.dataset)]
     assert lora_coca["coca_lora"].benign_answers == "reference"
+    long, slow = (plan[next(k for k in plan if k.startswith(f"coca_lora_self_{m}:"))] for m in ("long", "lr"))
+    assert (long.cutoff_len, long.learning_rate, slow.cutoff_len, slow.learning_rate) == (256, 2e-4, 128, 1e-4)
     # method_overrides: sft_twins trains the same recipe on its own data in its own folder
     twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
     assert twins.dataset == coca_twins.dataset and twins.max_steps == 150
@@ -60,7 +62,9 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
                     "coca_lora_twins": str(tmp_path / "train/coca_lora_twins/sft/lora"),
                     "coca_lora_weighted": str(tmp_path / "train/coca_lora_weighted/sft/lora"),
                     "coca_lora_self": str(tmp_path / "train/coca_lora_self/sft/lora"),
-                    "sft_self": str(tmp_path / "train/sft_self/sft/lora")}
+                    "sft_self": str(tmp_path / "train/sft_self/sft/lora"),
+                    "coca_lora_self_long": str(tmp_path / "train/coca_lora_self_long/sft/lora"),
+                    "coca_lora_self_lr": str(tmp_path / "train/coca_lora_self_lr/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)
