@@ -20,7 +20,7 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 17  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 18  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
@@ -64,7 +64,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
                     "coca_lora_self": str(tmp_path / "train/coca_lora_self/sft/lora"),
                     "sft_self": str(tmp_path / "train/sft_self/sft/lora"),
                     "coca_lora_self_long": str(tmp_path / "train/coca_lora_self_long/sft/lora"),
-                    "coca_lora_self_lr": str(tmp_path / "train/coca_lora_self_lr/sft/lora")}
+                    "coca_lora_self_lr": str(tmp_path / "train/coca_lora_self_lr/sft/lora"),
+                    "coca_lora_self_512": str(tmp_path / "train/coca_lora_self_512/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)
