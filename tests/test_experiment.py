@@ -42,8 +42,11 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert [(r.benign_answers, r.coca_variant, r.dataset) for r in self_answered.values()] == [
         ("self", "think", coca_twins.dataset), ("self", None, coca_twins.dataset)]
     assert lora_coca["coca_lora"].benign_answers == "reference"
-    long, slow = (plan[next(k for k in plan if k.startswith(f"coca_lora_self_{m}:"))] for m in ("long", "lr"))
+    long, slow, longest = (plan[next(k for k in plan if k.startswith(f"coca_lora_self_{m}:"))]
+                           for m in ("long", "lr", "512"))
     assert (long.cutoff_len, long.learning_rate, slow.cutoff_len, slow.learning_rate) == (256, 2e-4, 128, 1e-4)
+    assert {(r.benign_answers, r.coca_variant, r.dataset) for r in (long, slow, longest)} == {
+        ("self", "think", coca_twins.dataset)} and longest.cutoff_len == 512
     # method_overrides: sft_twins trains the same recipe on its own data in its own folder
     twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
     assert twins.dataset == coca_twins.dataset and twins.max_steps == 150
