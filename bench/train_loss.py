@@ -1,5 +1,6 @@
-"""Benchmark: does length-grouped batching (``group_by_length: true``), or bf16 autocast
-(``bf16: true``, ``--compare bf16``), train to the same loss as random fp32 batches? The speed
+"""Benchmark: does length-grouped batching (``group_by_length: true``), bf16 autocast
+(``bf16: true``, ``--compare bf16``), padding-free packing (``packing: true``, ``--compare packed``)
+or both (``--compare packed_bf16``) train to the same loss as random fp32 batches? The speed
 side is ``bench/train_step.py``; this is the quality side.
 
 The same LoRA (r8 on attention + MLP, one seeded initialisation restored before each run) is
@@ -7,11 +8,12 @@ trained for ``--epochs`` passes over the same safety SFT examples (half HarmBenc
 benign instructions -> reference answer), once in random batch order and once in HF's
 length-grouped order (a fresh seeded permutation per epoch for both), same optimizer and learning
 rate; with ``--compare bf16`` the second run keeps the random order and trains under bf16
-autocast instead. Each run is scored (in fp32) on every example with the weights frozen (mean next-token loss over the
-labelled tokens, the same number whatever the batch order), after every epoch: the loss curves and
-the final loss ratio (goal: within 2%) are printed, with each run's real tokens per second.
+autocast instead (``packed``: packed batches, ``packed_bf16``: both). Each run is scored (in fp32)
+on every example with the weights frozen (mean next-token loss over the labelled tokens, the same
+number whatever the batch order), after every epoch: the loss curves and the final loss ratio
+(goal: within 2%) are printed, with each run's real tokens per second.
 
-    python bench/train_loss.py [--n 64] [--batch 4] [--epochs 3] [--seeds 0,1] [--compare grouped|bf16]
+    python bench/train_loss.py [--n 64] [--batch 4] [--epochs 3] [--seeds 0,1] [--compare grouped|bf16|packed|packed_bf16]
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def main() -> None:
     ap.add_argument("--mega-batches", type=int, default=6, help="batches sorted together (see bench/train_step.py)")
     ap.add_argument("--cutoff", type=int, default=128)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--compare", choices=("grouped", "bf16"), default="grouped",
-                    help="what is compared with random fp32 batches: length-grouped order or bf16 autocast")
+    ap.add_argument("--compare", choices=("grouped", "bf16", "packed", "packed_bf16"), default="grouped",
+                    help="what is compared with random fp32 batches: length-grouped order, bf16 autocast, "
+                         "padding-free packing, or packing with bf16")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     other = args.compare
@@ -97,9 +100,10 @@ def main() -> None:
             t0 = time.perf_counter()
             for lo in range(0, len(idx), args.batch):
                 b = collate([examples[i] for i in idx[lo:lo + args.batch]])
-                padded += b["input_ids"].numel()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16"):
-                    loss = response_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+                padded += int(b["attention_mask"].sum()) if kind.startswith("packed") else b["input_ids"].numel()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind.endswith("bf16")):
+                    loss = response_loss(model, b["input_ids"], b["attention_mask"], b["labels"],
+                                         pack=kind.startswith("packed"))
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -13,7 +13,10 @@ against today's, on the same safety SFT examples (harmful -> refusal, benign -> 
 * ``+caft`` / ``lofit_v`` -- CAFT's ablation at ``--layers`` on top of the last one, LoFIT phase v;
 * ``bf16 autocast`` -- today's path (workbench loss, random batches: what the recipes run) under
   ``torch.autocast("cpu", torch.bfloat16)`` (recipe key ``bf16: true``), LoRA and CAFT; weights and
-  optimizer stay fp32. Ratios are given against the previous path and against today's fp32 path.
+  optimizer stay fp32. Ratios are given against the previous path and against today's fp32 path;
+* ``packed`` -- today's path with each batch run as one row of its real tokens
+  (:func:`workbench._forward.packed_hidden_states`, recipe key ``packing: true``): no padded position
+  is computed, the same batches and the same loss; alone and with bf16 autocast, LoRA and CAFT.
 
 A pass = one optimizer step (forward + backward + AdamW + zero_grad) per batch of ``--batch``
 over ``--n`` examples. Passes are interleaved over ``--rounds`` rounds (order rotated); the median
@@ -105,10 +108,15 @@ def main() -> None:
     def wb_loss(model, b):
         return response_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
 
+    def packed_loss(model, b):
+        return response_loss(model, b["input_ids"], b["attention_mask"], b["labels"], pack=True)
+
     lora_opt = optimizer(lora.parameters())
     caft = f"lora+caft({len(layers)} layers, k={args.k}), workbench loss, length-grouped"
     today = "lora, workbench loss, random batches"
     caft_today = f"lora+caft({len(layers)} layers, k={args.k}), workbench loss, random batches"
+    packed = "lora, workbench loss, random batches, packed"
+    caft_packed = f"lora+caft({len(layers)} layers, k={args.k}), workbench loss, random batches, packed"
     configs = {  # name: (wb, model, hooks, optimizer, loss, batches, bf16 autocast)
         "lora, HF loss, random batches (previous)": (wb_lora, lora, None, lora_opt, hf_loss, "random", False),
         today: (wb_lora, lora, None, lora_opt, wb_loss, "random", False),
@@ -119,6 +127,10 @@ def main() -> None:
         caft_today: (wb_lora, lora, ablate, lora_opt, wb_loss, "random", False),
         f"{today}, bf16 autocast": (wb_lora, lora, None, lora_opt, wb_loss, "random", True),
         f"{caft_today}, bf16 autocast": (wb_lora, lora, ablate, lora_opt, wb_loss, "random", True),
+        packed: (wb_lora, lora, None, lora_opt, packed_loss, "random", False),
+        caft_packed: (wb_lora, lora, ablate, lora_opt, packed_loss, "random", False),
+        f"{packed}, bf16 autocast": (wb_lora, lora, None, lora_opt, packed_loss, "random", True),
+        f"{caft_packed}, bf16 autocast": (wb_lora, lora, ablate, lora_opt, packed_loss, "random", True),
     }
     names = list(configs)
     base_name = names[0]
@@ -141,6 +153,7 @@ def main() -> None:
     with torch.no_grad():
         b0 = plans["random"][0]
         gap = abs(float(hf_loss(lora, b0)) - float(wb_loss(lora, b0)))
+        packed_gap = abs(float(packed_loss(lora, b0)) - float(wb_loss(lora, b0)))
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -152,19 +165,24 @@ def main() -> None:
     print(f"{'configuration':<82}{'real tokens/s':>14}{'vs previous':>12}{'vs today':>10}")
     for n in names:
         print(f"{n:<82}{med[n]:>14.1f}{med[n] / med[base_name]:>11.2f}x{med[n] / med[today]:>9.2f}x")
-    for lora_name, caft_name in ((names[2], caft), (today, caft_today), (f"{today}, bf16 autocast",
-                                                                          f"{caft_today}, bf16 autocast")):
+    for lora_name, caft_name in ((names[2], caft), (today, caft_today),
+                                 (f"{today}, bf16 autocast", f"{caft_today}, bf16 autocast"),
+                                 (packed, caft_packed), (f"{packed}, bf16 autocast", f"{caft_packed}, bf16 autocast")):
         caft_ratio = med[lora_name] / med[caft_name]
         print(f"CAFT goal <= 1.05x LoRA (time per token, same batches; {caft_name}): "
               f"{'met' if caft_ratio <= 1.05 else 'NOT met'} ({caft_ratio:.3f}x)")
     bf16_gain = [med[f"{n}, bf16 autocast"] / med[n] for n in (today, caft_today)]
     print(f"bf16 autocast vs today's fp32 path: LoRA {bf16_gain[0]:.2f}x, CAFT {bf16_gain[1]:.2f}x (goal >= 1.5x)")
-    print(f"|HF loss - workbench loss| on one batch: {gap:.2e}")
+    for suffix in ("", ", bf16 autocast"):
+        gain = [med[f"{p}{suffix}"] / med[n] for p, n in ((packed, today), (caft_packed, caft_today))]
+        print(f"packed{suffix} vs today's fp32 path: LoRA {gain[0]:.2f}x, CAFT {gain[1]:.2f}x (goal >= 1.5x: "
+              f"{'met' if min(gain) >= 1.5 else 'NOT met'})")
+    print(f"|HF loss - workbench loss| on one batch: {gap:.2e}; |workbench loss - packed loss|: {packed_gap:.2e}")
     print(f"trainable parameters: LoRA r8 {count_parameters(lora)[0]:,}; LoFIT phase v {bias.n_trainable():,}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"tokens_per_s": rates, "median": med, "loss_gap": gap, "padded": padded, "real": real}, f,
-                      indent=2)
+            json.dump({"tokens_per_s": rates, "median": med, "loss_gap": gap, "packed_loss_gap": packed_gap,
+                       "padded": padded, "real": real}, f, indent=2)
 
 
 class _null:

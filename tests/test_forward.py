@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
-from workbench._forward import hidden_states, shared_prefix_length
+from workbench._forward import hidden_states, pack, packed_hidden_states, shared_prefix_length
 from workbench.data import load_dataset
 from workbench.data.tasks import gender_task
 from workbench.train import coca
@@ -82,3 +83,61 @@ def test_answer_weights_mark_the_answer_opening_and_weight_the_loss(tiny):
         plain = response_loss(tiny.model, b["input_ids"], b["attention_mask"], b["labels"])
     assert abs(float(got) - float(ref)) < 1e-5 and float(got) > float(plain)
     assert "loss_weights" not in sft_data.encode(tiny, recs[:1], 256)[0]  # the default path is unchanged
+
+
+# ------------------------------------------------------------------ padding-free packing
+def _uneven_batch(wb):
+    """Harmful -> refusal and benign -> answer examples of different lengths (padding in every batch)."""
+    recs = coca.plain_sft(load_dataset("harmbench", split="train", limit=2)
+                          + load_dataset("benign_instructions", split="train", limit=2))
+    examples = sft_data.encode(wb, recs, 96)
+    assert len({len(e["input_ids"]) for e in examples}) > 1
+    return sft_data.Collator(wb.tokenizer.pad_token_id)(examples)
+
+
+def test_pack_lays_rows_end_to_end_and_masks_across_rows():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0], [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13]])
+    mask = (ids != 0).long()
+    mask[1, -1] = 1
+    packed, pos, attend, packing = pack(ids, mask)
+    assert packing.prefix == 8 and packing.segments == ((8, 2), (10, 3))
+    assert packed.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 9, 10]]
+    a = attend[0, 0]
+    assert a[10, :8].all() and not a[10, 8:10].any() and a[10, 10] and not a[10, 11:].any()
+    assert packing.index[0].tolist() == list(range(10)) + [-1]
+    with pytest.raises(ValueError, match="right-padded"):
+        pack(ids, torch.tensor([[0] + [1] * 10, [1] * 11]))
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_packed_hidden_states_loss_and_gradients_match_hf(tiny, share_prefix):
+    b = _uneven_batch(tiny)
+    model = tiny.model
+    real = b["attention_mask"].bool()
+    with torch.no_grad():
+        ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        packed, packing = packed_hidden_states(model, b["input_ids"], b["attention_mask"], share_prefix=share_prefix)
+    assert packed.shape[1] == int(real.sum()) - (len(real) - 1) * packing.prefix  # no padded position computed
+    assert (share_prefix and packing.prefix >= 8) or (not share_prefix and packing.prefix == 0)
+    assert (packed[0, packing.index[real]] - ref.hidden_states[-1][real]).abs().max() < 1e-4
+    params = [p for p in model.parameters()][:6] + [model.lm_head.weight]
+    model.zero_grad()
+    plain = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    plain.backward()
+    grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    loss = response_loss(model, b["input_ids"], b["attention_mask"], b["labels"], share_prefix=share_prefix, pack=True)
+    loss.backward()
+    assert abs(float(loss.detach()) - float(plain.detach())) < 1e-5
+    for g, p in zip(grads, params):
+        assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-3)
+    model.zero_grad()
+
+
+def test_packed_loss_equals_padded_loss_on_the_default_model(wb):
+    b = _uneven_batch(wb)
+    with torch.no_grad():
+        padded = response_loss(wb.model, b["input_ids"], b["attention_mask"], b["labels"])
+        packed = response_loss(wb.model, b["input_ids"], b["attention_mask"], b["labels"], pack=True)
+    assert abs(float(packed) - float(padded)) < 1e-4 * float(padded)

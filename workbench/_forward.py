@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,3 +68,66 @@ def prefill_shared(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: 
     rest = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, past_key_values=cache, use_cache=True,
                    cache_position=torch.arange(p, t, device=input_ids.device))
     return first.last_hidden_state, rest.last_hidden_state, cache
+
+
+# ------------------------------------------------------------------ padding-free packing
+@dataclass(frozen=True)
+class Packing:
+    """Where each row of a right-padded batch sits in one packed row.
+
+    ``prefix``: the shared prefix's length (positions ``[0, prefix)`` of the packed row, run once);
+    ``segments``: ``(start, length)`` of each row's remaining real tokens, in row order;
+    ``index``: ``[batch, pos]`` the packed position of every real token (``-1`` at padding)."""
+
+    prefix: int
+    segments: tuple[tuple[int, int], ...]
+    index: torch.Tensor
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+         share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Packing]:
+    """A right-padded batch ``[batch, pos]`` -> one row ``[1, T]`` of its real tokens: the shared
+    prefix once, then each row's other tokens (``T`` = prefix + the rows' other real tokens).
+
+    Returns the packed ids ``[1, T]``, their position ids ``[1, T]`` (each row's own positions), the
+    attention mask ``[1, 1, T, T]`` (bool, True = attend: each token sees the prefix and its own row's
+    earlier tokens, nothing of another row) and the :class:`Packing`."""
+    b, t = input_ids.shape
+    device = input_ids.device
+    mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    lengths = mask.sum(1)
+    if not bool((mask == (torch.arange(t, device=device) < lengths[:, None])).all()):
+        raise ValueError("pack: the batch must be right-padded (real tokens first in every row)")
+    if int(lengths.min()) < 1:
+        raise ValueError("pack: a row has no real token")
+    p = min(shared_prefix_length(input_ids, mask), int(lengths.min()) - 1) if share_prefix and b > 1 else 0
+    if p < MIN_SHARED_PREFIX:
+        p = 0
+    ids, pos, rows, segments = [input_ids[0, :p]], [torch.arange(p, device=device)], [], []
+    rows.append(torch.full((p,), -1, device=device))  # the prefix belongs to every row
+    index = torch.full((b, t), -1, dtype=torch.long, device=device)
+    index[:, :p] = torch.arange(p, device=device)
+    start = p
+    for r, n in enumerate(lengths.tolist()):
+        ids.append(input_ids[r, p:n])
+        pos.append(torch.arange(p, n, device=device))
+        rows.append(torch.full((n - p,), r, device=device))
+        index[r, p:n] = torch.arange(start, start + n - p, device=device)
+        segments.append((start, n - p))
+        start += n - p
+    row = torch.cat(rows)
+    causal = torch.ones(start, start, dtype=torch.bool, device=device).tril()
+    attend = causal & ((row[:, None] == row[None, :]) | (row[None, :] == -1))
+    return torch.cat(ids)[None], torch.cat(pos)[None], attend[None, None], Packing(p, tuple(segments), index)
+
+
+def packed_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         share_prefix: bool = True) -> tuple[torch.Tensor, Packing]:
+    """Final hidden states of a right-padded batch computed as one packed row with no padding
+    (:func:`pack`): ``[1, T, d_model]`` and the :class:`Packing` (``hidden[0, packing.index[r, j]]``
+    is row ``r``'s position ``j``). Equal to :func:`hidden_states` at real positions up to float
+    rounding. Hooks see ``[1, T, ...]`` activations, so only position-wise interventions apply."""
+    decoder, _ = decoder_and_head(model)
+    ids, pos, attend, packing = pack(input_ids, attention_mask, share_prefix)
+    out = decoder(input_ids=ids, position_ids=pos, attention_mask=attend, use_cache=False)
+    return out.last_hidden_state, packing

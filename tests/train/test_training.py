@@ -263,3 +263,33 @@ def test_answer_weight_reaches_the_trained_loss(tmp_path, data):
                      "max_steps": 1, "answer_weight": w, "answer_weight_tokens": 2}, wb=fresh(), progress=False)
         first[w] = res.losses[0]
     assert first[5.0] > first[1.0] * 1.05
+
+
+class PackedRows(TrainerCallback):
+    """The batch dimension of the first block's input at every training step (1 when packed)."""
+
+    def __init__(self, wb):
+        self.rows: list[int] = []
+        self.layer = wb.model.model.layers[0].mlp.gate_proj
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.handle = self.layer.register_forward_hook(lambda m, i, o: self.rows.append(o.shape[0]))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.handle.remove()
+
+
+def test_packing_recipe_trains_one_row_per_batch_with_the_padded_losses(tmp_path, data):
+    """``packing: true`` runs every batch as one row of real tokens and gives the padded run's losses
+    (same data, order and seed) up to float rounding; CAFT's hooks apply to the packed row too."""
+    losses, rows = {}, {}
+    for packing in (False, True):
+        wb = fresh()
+        seen = PackedRows(wb)
+        res = train({**BASE, "dataset": data, "output_dir": str(tmp_path / f"p{packing}"), "finetuning_type": "caft",
+                     "caft_layers": [0, 1], "caft_directions": "diffmeans", "learning_rate": 1e-2, "max_steps": 3,
+                     "packing": packing}, wb=wb, callbacks=[seen], progress=False)
+        losses[packing], rows[packing] = res.losses, set(seen.rows)
+        assert json.loads((res.run_dir / "config.json").read_text())["recipe"]["packing"] is packing
+    assert rows[True] == {1} and 4 in rows[False]  # unpacked: the shared prefix runs at batch 1, the rest at 4
+    assert torch.allclose(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4), losses

@@ -95,6 +95,7 @@ class Recipe:
     max_grad_norm: float = 1.0
     group_by_length: bool = False             # batches of similar length (less padding; HF's LengthGroupedSampler)
     bf16: bool = False                        # bf16 autocast (weights and optimizer stay fp32); pays where matrix units do bf16
+    packing: bool = False                     # each batch runs as one row of its real tokens (no padding; same loss)
     seed: int = 42
     # --- run folder
     save_steps: int = 500

@@ -247,7 +247,7 @@ def _train(recipe, wb: Workbench, method, records, examples, run_dir, resume, ca
     if hooks is not None and not wb.backend.persistent_hooks:
         raise RecipeError(f"finetuning_type {recipe.finetuning_type!r} installs hooks during training, which "
                           f"needs the transformer_lens backend (this Workbench uses {wb.backend.name!r})")
-    module = TrainModule(method.core, method.extras)
+    module = TrainModule(method.core, method.extras, pack=recipe.packing)
     n_trainable, n_total = count_parameters(module)
     if n_trainable == 0:
         raise RecipeError("nothing to train: no parameter requires grad")
