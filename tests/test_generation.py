@@ -33,10 +33,12 @@ def test_greedy_decode_equals_hf_generate_on_the_default_model(wb):
     want = [hf_new_tokens(wb, p, n) for p in PROMPTS]
     batch = wb.tokenize(PROMPTS, padding_side="right")
     assert fast_path_ok(wb.model)
-    for fast in (False, True):  # the bridge's forward (hooks fire) and the hook-free decode loop
+    # the bridge's forward (hooks fire) and the hook-free decode loop (padding-free prefill), with
+    # the shared system turn run once and without
+    for fast, share in ((False, True), (True, True), (True, False)):
         got = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, n, eos_token_ids(wb.model, wb.tokenizer),
-                            fast=fast)
-        assert got == want, f"fast={fast}"
+                            fast=fast, share_prefix=share)
+        assert got == want, f"fast={fast}, share_prefix={share}"
     assert len({len(w) for w in want}) > 1 and min(len(w) for w in want) < n  # some rows stopped early
     # the same through the public entry point (batches sorted by length, answers in input order)
     texts = wb.generate(PROMPTS, max_new_tokens=n, batch_size=3, progress=False)
