@@ -4,13 +4,11 @@ leave the batch), HF ``generate`` batched (left padding, the previous Workbench 
 the ratios, and checks that Workbench's tokens equal HF batch 1's on every prompt (fp32).
 ``--bf16`` (default: where bf16 GEMMs are fast, AMX) also times Workbench on a bf16 copy of the
 model and reports how many answers are identical to fp32's and where they first differ.
-``--padded-prefill`` also times Workbench with the previous, padded prefill
-(``_FastDecoder.unpadded_prefill = False``) in the same rounds: the gain of the padding-free prefill.
 
 Rounds are interleaved; the median over rounds is reported. HF batch 1 runs on the first
 ``--n-single`` prompts only (it is slow); the others on all ``--n``.
 
-    python bench/generate.py [--n 64] [--n-single 8] [--batch-size 32] [--max-new-tokens 48] [--rounds 3] [--bf16 on] [--padded-prefill]
+    python bench/generate.py [--n 64] [--n-single 8] [--batch-size 32] [--max-new-tokens 48] [--rounds 3] [--bf16 on]
 """
 
 from __future__ import annotations
@@ -34,14 +32,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                     help="also time a bf16 copy of the model (auto: where bf16 GEMMs are fast, AMX)")
-    ap.add_argument("--padded-prefill", action="store_true",
-                    help="also time Workbench with the previous padded prefill (same rounds)")
     args = ap.parse_args()
 
     from workbench import Workbench
     from workbench._hardware import fast_bf16
     from workbench.data import harmful_vs_benign
-    from workbench.generation import _FastDecoder, eos_token_ids
+    from workbench.generation import eos_token_ids
 
     wb = Workbench.load()
     prompts = [r.prompt for r in harmful_vs_benign(n_per_class=args.n // 2, match_lengths=True, seed=0)][: args.n]
@@ -72,10 +68,9 @@ def main() -> None:
 
     single_ids = hf(prompts[: args.n_single], 1)
     want = tok.batch_decode(single_ids, skip_special_tokens=True)
-    rates: dict[str, list[float]] = {"hf_b1": [], "hf_batched": [], "workbench": [], "workbench_bf16": [],
-                                     "workbench_padded": []}
+    rates: dict[str, list[float]] = {"hf_b1": [], "hf_batched": [], "workbench": [], "workbench_bf16": []}
     texts16: list[str] = []
-    mismatches = padded_same = 0
+    mismatches = 0
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         ids = hf(prompts[: args.n_single], 1)
@@ -89,13 +84,6 @@ def main() -> None:
         # token count: HF batched's (the same answers: checked below, up to float-order ties)
         rates["workbench"].append(sum(map(len, ids)) / (time.perf_counter() - t0))
         mismatches = sum(a != b for a, b in zip(texts[: args.n_single], want))
-        if args.padded_prefill:
-            _FastDecoder.unpadded_prefill = False
-            t0 = time.perf_counter()
-            padded_texts = workbench(prompts)
-            rates["workbench_padded"].append(sum(map(len, ids)) / (time.perf_counter() - t0))
-            _FastDecoder.unpadded_prefill = True
-            padded_same = sum(a == b for a, b in zip(texts, padded_texts))
         batched_diff = sum(a != b for a, b in zip(texts, hf_texts))
         if wb16 is not None:
             t0 = time.perf_counter()
@@ -110,10 +98,6 @@ def main() -> None:
           f"{med['hf_batched'] / med['hf_b1']:6.2f}x")
     print(f"  Workbench greedy_decode, batch {args.batch_size:<3d} {med['workbench']:7.1f} tok/s  "
           f"{med['workbench'] / med['hf_b1']:6.2f}x  ({med['workbench'] / med['hf_batched']:.2f}x HF batched)")
-    if args.padded_prefill:
-        print(f"  Workbench, padded prefill (before)  {med['workbench_padded']:7.1f} tok/s  "
-              f"{med['workbench_padded'] / med['hf_b1']:6.2f}x  (padding-free prefill: "
-              f"{med['workbench'] / med['workbench_padded']:.2f}x; answers identical {padded_same}/{len(prompts)})")
     print(f"  tokens identical to HF batch 1: {args.n_single - mismatches}/{args.n_single} prompts; "
           f"to HF batched: {len(prompts) - batched_diff}/{len(prompts)}")
     if wb16 is not None:

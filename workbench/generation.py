@@ -139,11 +139,7 @@ def fast_path_ok(model: nn.Module) -> bool:
 class _FastDecoder:
     """Greedy decoding over the bridged model's modules with a preallocated cache ``[B, kv_heads,
     max_len, d_head]`` per layer and SDPA attention; rows that finish are compacted away once a
-    quarter of the batch has finished (fewer cache copies than at every finish). The prompts'
-    prefill computes no padded position (:meth:`prefill`; ``unpadded_prefill = False``: the padded
-    batch, as before)."""
-
-    unpadded_prefill = True
+    quarter of the batch has finished (fewer cache copies than at every finish)."""
 
     def __init__(self, decoder: nn.Module, head: nn.Module, batch: int, max_len: int):
         # the bridge's submodules are looked up by name (nn.Module's stubs type them as Tensor | Module)
@@ -188,34 +184,6 @@ class _FastDecoder:
             x = x + m["mlp"](m["ln2"](x))
         return self.norm(x)
 
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, p: int, mask: torch.Tensor) -> torch.Tensor:
-        """Fill the cache with each row's tokens after the shared prefix ``p`` and return the hidden
-        state of each row's last token ``[B, d]``. The padding is never computed: the projections,
-        norms and MLPs run on the ``N`` real tokens laid end to end (``[1, N, d]``); only attention
-        sees the padded ``[B, T - p]`` layout (``mask`` ``[B, 1, T - p, T]``), cheap next to them."""
-        b, t = input_ids.shape
-        rows, cols = (torch.arange(t - p, device=input_ids.device) < (lengths - p)[:, None]).nonzero(as_tuple=True)
-        slots = cols + p                          # cache slot = position id
-        n = len(rows)
-        x = self.decoder.embed_tokens(input_ids[rows, slots][None])
-        cos, sin = self.decoder.rotary_emb(x, slots[None])
-        cos, sin = cos[0, :, None], sin[0, :, None]  # [N, 1, d_head]
-        for i, m in enumerate(self.mods):
-            h = m["ln1"](x)
-            q = m["q"](h).view(n, -1, self.d_head)
-            k = m["k"](h).view(n, -1, self.d_head)
-            q = q * cos + _rotate_half(q) * sin
-            self.k[i][rows, :, slots] = k * cos + _rotate_half(k) * sin
-            self.v[i][rows, :, slots] = m["v"](h).view(n, -1, self.d_head)
-            padded = q.new_zeros(b, t - p, *q.shape[1:])
-            padded[rows, cols] = q
-            o = F.scaled_dot_product_attention(padded.transpose(1, 2), self.k[i][:b, :, :t], self.v[i][:b, :, :t],
-                                               attn_mask=mask, scale=self.scale, enable_gqa=True)
-            x = x + m["o"](o.transpose(1, 2)[rows, cols].reshape(1, n, -1))
-            x = x + m["mlp"](m["ln2"](x))
-        last = torch.cumsum(lengths - p, 0) - 1   # each row's last token in the packed order
-        return self.norm(x)[0, last]
-
     def run(self, input_ids, attention_mask, lengths, p: int, max_new_tokens: int, eos_ids) -> list[list[int]]:
         b, t = input_ids.shape
         device = input_ids.device
@@ -229,11 +197,8 @@ class _FastDecoder:
         else:
             p = 0
         mask = (causal[p:] & keymask[:, None, :])[:, None]  # [B, 1, T - p, T]
-        if self.unpadded_prefill:
-            logits = self.head(self.prefill(input_ids, lengths, p, mask))
-        else:  # the padded prefill (bench/generate.py compares the two)
-            hidden = self.forward(input_ids[:, p:], pos[:, p:], p, mask)
-            logits = self.head(hidden[torch.arange(b, device=device), lengths - 1 - p])
+        hidden = self.forward(input_ids[:, p:], pos[:, p:], p, mask)
+        logits = self.head(hidden[torch.arange(b, device=device), lengths - 1 - p])
         eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
         keys = torch.cat([keymask, keymask.new_zeros(b, max_new_tokens)], 1)  # [B, max_len] slots that hold a token
         nxt = lengths.clone()                     # each row's next RoPE position
