@@ -33,8 +33,8 @@ def test_greedy_decode_equals_hf_generate_on_the_default_model(wb):
     want = [hf_new_tokens(wb, p, n) for p in PROMPTS]
     batch = wb.tokenize(PROMPTS, padding_side="right")
     assert fast_path_ok(wb.model)
-    # the bridge's forward (hooks fire) and the hook-free decode loop (padding-free prefill), with
-    # the shared system turn run once and without
+    # the bridge's forward (hooks fire) and the hook-free decode loop, the latter with the shared
+    # system turn run once and without
     for fast, share in ((False, True), (True, True), (True, False)):
         got = greedy_decode(wb.model, batch.input_ids, batch.attention_mask, n, eos_token_ids(wb.model, wb.tokenizer),
                             fast=fast, share_prefix=share)

@@ -7,6 +7,8 @@
   every position (CAFT's ablation) still sees every position.
 * **Logits only where read**: callers apply the unembedding (a ``[d_model, vocab]`` GEMM, ~20% of
   a 135M model's FLOPs per token) to the positions they need, not to all of them.
+* **Packing** (:func:`pack`): a right-padded batch runs as one row of its real tokens, the shared
+  prefix once, with a block mask and per-row position ids: no padded position is computed.
 
 ``tests/test_forward.py`` compares both with the plain HF forward.
 """
