@@ -34,6 +34,16 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor |
     return int(same.int().argmin())
 
 
+def prefix_to_share(input_ids: torch.Tensor, attention_mask: torch.Tensor, share_prefix: bool = True) -> int:
+    """How many leading positions of a right-padded batch to run once for every row: the shared
+    prefix, leaving every row at least one token of its own; 0 when shorter than
+    :data:`MIN_SHARED_PREFIX`, for a single row, or with ``share_prefix=False``."""
+    if not share_prefix or input_ids.shape[0] < 2:
+        return 0
+    p = min(shared_prefix_length(input_ids, attention_mask), int(attention_mask.sum(1).min()) - 1)
+    return p if p >= MIN_SHARED_PREFIX else 0
+
+
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack (``model.model``) and the unembedding of a HF causal LM or a peft model."""
     get = getattr(model, "get_base_model", None)
@@ -102,9 +112,7 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         raise ValueError("pack: the batch must be right-padded (real tokens first in every row)")
     if int(lengths.min()) < 1:
         raise ValueError("pack: a row has no real token")
-    p = min(shared_prefix_length(input_ids, mask), int(lengths.min()) - 1) if share_prefix and b > 1 else 0
-    if p < MIN_SHARED_PREFIX:
-        p = 0
+    p = prefix_to_share(input_ids, mask, share_prefix)
     ids, pos, rows, segments = [input_ids[0, :p]], [torch.arange(p, device=device)], [], []
     rows.append(torch.full((p,), -1, device=device))  # the prefix belongs to every row
     index = torch.full((b, t), -1, dtype=torch.long, device=device)

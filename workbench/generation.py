@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._forward import MIN_SHARED_PREFIX, decoder_and_head, prefill_shared, shared_prefix_length
+from ._forward import decoder_and_head, prefill_shared, prefix_to_share
 
 if TYPE_CHECKING:
     from transformers.cache_utils import DynamicLayer
@@ -76,11 +76,11 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     lengths = attention_mask.sum(1)
     if bool((lengths == 0).any()):
         raise ValueError("a row of the batch has no tokens")
-    p = min(shared_prefix_length(input_ids, attention_mask), int(lengths.min()) - 1) if share_prefix and b > 1 else 0
+    p = prefix_to_share(input_ids, attention_mask, share_prefix)  # 0: no shared prefix to run once
     if fast:
         return _FastDecoder(decoder, head, b, t + max_new_tokens).run(input_ids, attention_mask, lengths, p,
                                                                        max_new_tokens, eos_ids)
-    if p >= MIN_SHARED_PREFIX:
+    if p:
         _, rest, cache = prefill_shared(decoder, input_ids, attention_mask, p)
         last = rest[torch.arange(b, device=device), lengths - 1 - p]
     else:
@@ -190,12 +190,10 @@ class _FastDecoder:
         keymask = attention_mask.bool()
         causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
         pos = torch.arange(t, device=device).expand(b, t)
-        if p >= MIN_SHARED_PREFIX:  # the shared prefix once, its cache copied to every row
+        if p:  # the shared prefix (prefix_to_share) once, its cache copied to every row
             self.forward(input_ids[:1, :p], pos[:1, :p], 0, causal[None, None, :p, :p])
             for cache in (*self.k, *self.v):
                 cache[1:b, :, :p] = cache[:1, :, :p]
-        else:
-            p = 0
         mask = (causal[p:] & keymask[:, None, :])[:, None]  # [B, 1, T - p, T]
         hidden = self.forward(input_ids[:, p:], pos[:, p:], p, mask)
         logits = self.head(hidden[torch.arange(b, device=device), lengths - 1 - p])
