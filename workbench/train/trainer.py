@@ -181,6 +181,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> str | None:
             raise RecipeError(f"resume_from_checkpoint={resume!r}: no checkpoint found "
                               f"{'in ' + str(run_dir) if resume is True else ''}")
         return ckpt
+    if not _is_main():  # rank 0 checks and clears the folder; another rank would see its first writes
+        return None
     if run_dir.exists() and any(run_dir.iterdir()):
         if not recipe.overwrite_output_dir:
             raise RecipeError(f"output_dir {run_dir} is not empty; set overwrite_output_dir: true to replace it "
@@ -188,8 +190,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> str | None:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RecipeError(f"output_dir {run_dir} is not empty and is not a workbench run folder; "
                               f"refusing to delete it")
-        if _is_main():
-            shutil.rmtree(run_dir)
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
 
