@@ -20,7 +20,7 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 18  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 19  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
@@ -42,11 +42,16 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     assert [(r.benign_answers, r.coca_variant, r.dataset) for r in self_answered.values()] == [
         ("self", "think", coca_twins.dataset), ("self", None, coca_twins.dataset)]
     assert lora_coca["coca_lora"].benign_answers == "reference"
-    long, slow, longest = (plan[next(k for k in plan if k.startswith(f"coca_lora_self_{m}:"))]
-                           for m in ("long", "lr", "512"))
+    long, slow, longest, wrapped = (plan[next(k for k in plan if k.startswith(f"coca_lora_self_{m}:"))]
+                                    for m in ("long", "lr", "512", "512_wrapped"))
     assert (long.cutoff_len, long.learning_rate, slow.cutoff_len, slow.learning_rate) == (256, 2e-4, 128, 1e-4)
-    assert {(r.benign_answers, r.coca_variant, r.dataset) for r in (long, slow, longest)} == {
-        ("self", "think", coca_twins.dataset)} and longest.cutoff_len == 512
+    assert {(r.benign_answers, r.coca_variant, r.dataset) for r in (long, slow, longest, wrapped)} == {
+        ("self", "think", coca_twins.dataset)} and longest.cutoff_len == wrapped.cutoff_len == 512
+    assert (wrapped.wrapped_harmful, longest.wrapped_harmful) == (0.33, 0.0)
+    # the self-answered methods share one file of the untouched model's answers; the others have none
+    assert {r.self_answers_path for r in plan.values() if r.benign_answers == "self"} == {
+        str(tmp_path / "train/self_answers.json")}
+    assert {r.self_answers_path for r in plan.values() if r.benign_answers != "self"} == {None}
     # method_overrides: sft_twins trains the same recipe on its own data in its own folder
     twins = plan[next(k for k in plan if k.startswith("sft_twins:"))]
     assert twins.dataset == coca_twins.dataset and twins.max_steps == 150
@@ -68,7 +73,8 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
                     "sft_self": str(tmp_path / "train/sft_self/sft/lora"),
                     "coca_lora_self_long": str(tmp_path / "train/coca_lora_self_long/sft/lora"),
                     "coca_lora_self_lr": str(tmp_path / "train/coca_lora_self_lr/sft/lora"),
-                    "coca_lora_self_512": str(tmp_path / "train/coca_lora_self_512/sft/lora")}
+                    "coca_lora_self_512": str(tmp_path / "train/coca_lora_self_512/sft/lora"),
+                    "coca_lora_self_512_wrapped": str(tmp_path / "train/coca_lora_self_512_wrapped/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)

@@ -56,7 +56,9 @@ def test_gradients_through_the_shared_prefix_match(tiny):
 
 
 def test_next_token_logits_equal_forward(wb):
-    prompts = [r.prompt for r in gender_task("ood_test", n=5)]
+    # longest first: scored in batches of similar length (shortest first), returned in this order
+    prompts = sorted((r.prompt for r in gender_task("ood_test", n=5)), key=len, reverse=True)
+    assert len({len(p) for p in prompts}) > 1
     ref = wb.forward(prompts)[:, -1]
     assert (wb.next_token_logits(prompts, batch_size=3) - ref).abs().max() < 1e-3
 

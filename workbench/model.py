@@ -224,9 +224,12 @@ class Workbench:
             raise ValueError("no prompts to score")
         rows = []
         fast = self.backend.persistent_hooks  # installed hooks fire in the exact shortcut too
+        # batches of similar length (a batch pads to its longest prompt; MMLU's run from 70 to 550
+        # tokens), rows returned in input order
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with self.hooks(hooks) if hooks is not None else nullcontext():
             for lo in tqdm(range(0, len(prompts), batch_size), desc="score", disable=not progress):
-                chunk = list(prompts[lo:lo + batch_size])
+                chunk = [prompts[i] for i in order[lo:lo + batch_size]]
                 if not fast:
                     rows.append(self.forward(chunk)[:, -1].float().cpu())
                     continue
@@ -235,7 +238,10 @@ class Workbench:
                     hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)
                     last = hidden[torch.arange(len(chunk)), batch.last_index.to(hidden.device)]
                     rows.append(decoder_and_head(self.model)[1](last).float().cpu())
-        return torch.cat(rows)
+        scored = torch.cat(rows)
+        out = torch.empty_like(scored)
+        out[torch.tensor(order)] = scored
+        return out
 
     def iter_capture(self, prompts: Sequence[str], sites: Sequence[str], position: str = "last",
                      batch_size: int = 8, responses: Sequence[str] | None = None, start: int = 0,

@@ -75,6 +75,23 @@ def test_decision_following_counts_answers_against_their_own_decision():
     assert coca.decision_following({"benign": {"kind": "compliance", "samples": [["p", "Sure.", False]]}}) == {}
 
 
+def test_adherence_breakdown_leaves_out_the_encodings_and_keeps_the_wrapped_suites():
+    refuse, helps = coca.refactor([HARM, GOOD], "think")
+    metrics = {
+        "id_harmful": {"kind": "refusal", "samples": [["p", refuse.response, True], ["p", helps.response, True]]},
+        "ood_template": {"kind": "attack", "samples": [["p", helps.response, True], ["p", refuse.response, True]]},
+        "ood_gcg": {"kind": "attack", "samples": [["p", refuse.response, True]]},
+        "ood_encoding": {"kind": "attack", "samples": [["p", helps.response, False]] * 5},
+        "benign": {"kind": "compliance", "samples": [["p", helps.response, False], ["p", "Sure.", False]]},
+    }
+    parts = coca.adherence_breakdown(metrics)
+    # without the encodings: 7 responses, adherent: refuse (ID), refuse, refuse (wrapped), help (benign)
+    assert parts["coca_adherence_readable"]["value"] == pytest.approx(4 / 7) and parts["coca_adherence_readable"]["n"] == 7
+    assert parts["coca_adherence_wrapped"]["value"] == pytest.approx(2 / 3) and parts["coca_adherence_wrapped"]["n"] == 3
+    assert coca.suite_adherence(metrics)["value"] == pytest.approx(4 / 12)  # all suites, the 5 encodings included
+    assert list(coca.adherence_breakdown({"ood_encoding": metrics["ood_encoding"]})) == []
+
+
 def test_think_variant_names_concepts_then_decides():
     harm, bomb, good = coca.refactor([HARM, BOMB, GOOD], "think")
     assert harm.response.startswith("Concepts: cybercrime. Unsafe, so I refuse.\n\n")
@@ -167,3 +184,30 @@ def test_recipe_builds_coca_records_from_the_registry():
     assert build_records(recipe) == recs  # seeded sample
     plain = build_records(recipe.replace(coca_variant=None))
     assert all(coca.parse_reasoning(r.response) is None for r in plain)
+
+
+def test_wrapped_harmful_records_use_only_attacks_the_evaluation_never_draws():
+    from workbench.data import add_suffix, fill_template, templates
+    from workbench.evals.suites import attack_variants
+    from workbench.train.data import HELD_OUT_SEEDS
+
+    recipe = Recipe.from_dict({"output_dir": "x", "dataset": "advbench,harmbench,benign_instructions", "max_samples": 10,
+                               "coca_variant": "think", "wrapped_harmful": 0.5, "seed": 3})
+    recs = build_records(recipe)
+    plain = {r.meta["orig_id"]: r for r in build_records(recipe.replace(wrapped_harmful=0.0))}
+    wrapped = [r for r in recs if r.meta["orig_id"].startswith("wrapped/")]
+    assert len(recs) == 30 + 10 and len(wrapped) == 10  # half of the 20 harmful records, once each
+    assert {r.meta["family"] for r in wrapped} == {"template", "gcg"}
+    # no wrapper of any held-out evaluation seed, and each seed's attack suites do use others
+    used = attack_variants(HELD_OUT_SEEDS)
+    assert used and not {r.meta["variant"] for r in wrapped} & used
+    by_id = {t.id: t.prompt for t in templates()} | {s.id: s.prompt for s in load_dataset("gcg_suffixes")}
+    for r in wrapped:
+        orig, variant = plain[r.meta["request_id"]], by_id[r.meta["variant"]]
+        assert r.prompt == (fill_template(variant, orig.prompt) if r.meta["family"] == "template"
+                            else add_suffix(orig.prompt, variant))
+        # the reasoning names the request's concepts, as the plain record's does, and refuses
+        assert r.label == 1 and coca.parse_reasoning(r.response) == coca.parse_reasoning(orig.response)
+    assert build_records(recipe) == recs  # seeded
+    with pytest.raises(RecipeError, match="wrapped_harmful must be in"):
+        recipe.replace(wrapped_harmful=1.5)

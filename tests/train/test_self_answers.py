@@ -68,3 +68,15 @@ def test_recipe_key_checks_and_needs_the_model(tmp_path):
                                "benign_answers": "self"})
     with pytest.raises(ValueError, match="needs the model"):
         build_records(recipe)
+
+
+def test_a_recipe_reads_and_writes_its_answers_at_self_answers_path(wb, tmp_path, monkeypatch):
+    shared = tmp_path / "shared" / "answers.json"
+    recipe = Recipe.from_dict({"output_dir": str(tmp_path / "run"), "dataset": "benign_instructions", "max_samples": 2,
+                               "benign_answers": "self", "self_answers_path": str(shared), "seed": 1,
+                               "model_name_or_path": wb.model_id})
+    first = build_records(recipe, wb)
+    assert shared.is_file() and not (tmp_path / "run" / sa.FILE).exists()
+    # another run (its own folder) with the same path generates nothing and trains on the same answers
+    monkeypatch.setattr(wb, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert build_records(recipe.replace(output_dir=str(tmp_path / "other")), wb) == first

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SIZES = {"tiny": 4, "quick": 16, "full": 100}  # prompts per suite (MMLU twice, GSM8K half)
 HARMFUL_SOURCES = ("advbench", "harmbench")
 MAX_PROMPT_CHARS = 1500
+MAX_TEMPLATE_CHARS = 1500  # jailbreak templates longer than this are left out of the attack suites
 
 
 @dataclass
@@ -55,7 +56,7 @@ def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
     used = {r.id for r in id_harmful}
     requests = _sample([r for r in harmful if r.id not in used], max(2, n // 4), seed + 1)
     suites = {"id_harmful": Suite("id_harmful", "refusal", id_harmful)}
-    attacks = jailbreak_suite(requests, seed=seed, n_templates=2, n_suffixes=2, max_template_chars=1500)
+    attacks = _attacks(requests, seed)
     for family in ("template", "gcg", "encoding"):
         recs = [r for r in attacks if r.meta["family"] == family]
         suites[f"ood_{family}"] = Suite(f"ood_{family}", "attack", _sample(recs, n, seed))
@@ -69,6 +70,18 @@ def build_suites(size: str | int = "quick", seed: int = 0) -> dict[str, Suite]:
     suites["perplexity"] = Suite("perplexity", "perplexity",
                                  _sample([r for r in benign if r.response and len(r.response) < 1500], n, seed))
     return suites
+
+
+def _attacks(requests: Sequence[Record], seed: int) -> list[Record]:
+    """The attack suites' prompts: two templates, two GCG suffixes and every encoding drawn by ``seed``."""
+    return jailbreak_suite(requests, seed=seed, n_templates=2, n_suffixes=2, max_template_chars=MAX_TEMPLATE_CHARS)
+
+
+def attack_variants(seeds: Sequence[int]) -> set[str]:
+    """The ids of the jailbreak templates and GCG suffixes that :func:`build_suites` wraps its attack
+    prompts in for any of ``seeds`` (training data that must stay out of the evaluation avoids them)."""
+    probe = [Record("request/0", "a request", 1, "request")]
+    return {r.meta["variant"] for seed in seeds for r in _attacks(probe, seed) if r.meta["family"] in ("template", "gcg")}
 
 
 def prompt_suites(records: Sequence[Record], name: str = "prompts") -> dict[str, Suite]:
@@ -116,8 +129,9 @@ def _mmlu(wb: Workbench, suite: Suite, batch_size: int) -> dict:
 def _perplexity(wb: Workbench, suite: Suite, batch_size: int) -> dict:
     """Perplexity of the reference answers (response tokens only) under the model."""
     nll, count = 0.0, 0
-    for lo in range(0, len(suite), batch_size):
-        recs = suite.records[lo:lo + batch_size]
+    records = sorted(suite.records, key=lambda r: len(r.prompt) + len(r.response or ""))  # less padding
+    for lo in range(0, len(records), batch_size):
+        recs = records[lo:lo + batch_size]
         batch = wb.tokenize([r.prompt for r in recs], [r.response or "" for r in recs], padding_side="right")
         logp = wb.forward(batch)[:, :-1].log_softmax(-1)
         target, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]

@@ -93,7 +93,8 @@ def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
     A recipe shared by several methods (LoFIT's head selection) runs once, unless a method has
     ``method_overrides``: then all its recipes run for it alone in ``out/train/{method}/``. ``warm_start_from`` and a
     phase v ``lofit_heads_path`` must point at the run of a recipe listed before it. Each recipe
-    trains with its own seed plus the experiment's ``seed``."""
+    trains with its own seed plus the experiment's ``seed``; recipes with ``benign_answers: self``
+    share one file of the starting model's answers (``out/train/self_answers.json``)."""
     from ..train import RecipeError, load_recipe
     from ..train.methods import Rewiring, method_class
 
@@ -112,6 +113,8 @@ def plan_training(exp: Experiment, out: Path) -> tuple[dict, dict[str, str]]:
                 changes = {"output_dir": str(new_dir), "model_name_or_path": exp.model, **exp.train_overrides,
                            **(own or {})}
                 changes["seed"] = changes.get("seed", recipe.seed) + exp.seed
+                if changes.get("benign_answers", recipe.benign_answers) == "self":  # one file for every method
+                    changes.setdefault("self_answers_path", str(out / "train" / "self_answers.json"))
                 rewiring = Rewiring(new_dir, str(path), method, moved, out / "concepts" / "harmful.safetensors",
                                     list(exp.concept_layers))
                 try:

@@ -85,7 +85,7 @@ def collect(out: Path, method_runs: dict[str, str]) -> tuple[dict[str, dict], di
         res: dict[str, Any] = {**load_metrics(out / "eval" / name / "eval.json"),
                                "erasure": json.loads((out / "erasure" / name / "erasure.json").read_text())}
         if "coca_adherence" in res["suites"]:  # derived from the stored samples (older folders have them too)
-            res["suites"].update(coca.decision_following(res["suites"]))
+            res["suites"].update({**coca.adherence_breakdown(res["suites"]), **coca.decision_following(res["suites"])})
         for key, path in (("transfer", out / "transfer" / f"{name}.json"), ("refusal", out / "refusal" / f"{name}.json")):
             if path.is_file():
                 res[key] = json.loads(path.read_text())

@@ -18,6 +18,8 @@ SUMMARY_ROWS = [("id_harmful", "refusal rate (ID harmful)"), ("ood_template", "a
                 ("benign", "benign compliance"), ("overrefusal", "over-refusal"), ("gsm8k", "GSM8K exact match"),
                 ("mmlu", "MMLU accuracy"), ("perplexity", "perplexity (benign answers)"),
                 ("coca_adherence", "COCA format adherence (generations)"),
+                ("coca_adherence_readable", "COCA adherence without the encodings"),
+                ("coca_adherence_wrapped", "COCA adherence on templates + GCG"),
                 ("coca_followed", "COCA: the answer follows the decision"),
                 ("coca_harmful_safe", "COCA: harmful prompts decided safe"),
                 ("coca_help_refused", "COCA: benign, decided to answer, then refused")]

@@ -258,6 +258,17 @@ def suite_adherence(metrics: dict[str, dict]) -> dict:
     return {**format_adherence(responses, harmful), "kind": "adherence"}
 
 
+def adherence_breakdown(metrics: dict[str, dict]) -> dict[str, dict]:
+    """:func:`suite_adherence` over parts of an evaluation's suites: ``coca_adherence_readable``,
+    every generation suite but the encodings (a small model cannot read Base64 or ciphers, so its
+    reasoning there cannot name the request's concepts), and ``coca_adherence_wrapped``, the template
+    and GCG attack suites (the decision on a wrapped harmful request). A part with no samples is left out."""
+    parts = {"coca_adherence_readable": {k: m for k, m in metrics.items() if k != "ood_encoding"},
+             "coca_adherence_wrapped": {k: m for k, m in metrics.items() if k in ("ood_template", "ood_gcg")}}
+    return {key: suite_adherence(part) for key, part in parts.items()
+            if any(m.get("kind") in HARMFUL_KINDS + BENIGN_KINDS and m.get("samples") for m in part.values())}
+
+
 def decision_following(metrics: dict[str, dict]) -> dict[str, dict]:
     """Whether a COCA model's answers do what its own reasoning decided, over the samples of an
     evaluation's generation suites (``evaluate``'s output, each sample ``[prompt, response, refused]``

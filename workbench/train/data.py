@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,9 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
     every record is refactored by :func:`coca.refactor`; without it, plain safety SFT
     (:func:`coca.plain_sft`: harmful -> refusal, benign -> reference answer). ``refusals`` names
     the refusal texts (:data:`coca.REFUSAL_SETS`). ``benign_answers: self`` answers the benign records
-    with ``wb``, the model the run starts from (:func:`self_answers.with_self_answers`; stored in the
-    run folder).
+    with ``wb``, the model the run starts from (:func:`self_answers.with_self_answers`; stored in
+    ``self_answers_path``, default the run folder, and reused from there). ``wrapped_harmful`` adds
+    jailbreak-wrapped copies of harmful records (:func:`wrapped_harmful`).
     """
     records: list[Record] = []
     for name in recipe.datasets():
@@ -46,11 +48,49 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
     if recipe.benign_answers == "self":
         if wb is None:
             raise ValueError("benign_answers: self needs the model the run starts from (build_records(recipe, wb))")
-        records = self_answers.with_self_answers(wb, records, Path(recipe.output_dir) / self_answers.FILE,
-                                                 max_prompt_tokens=recipe.cutoff_len)
+        path = Path(recipe.self_answers_path or Path(recipe.output_dir) / self_answers.FILE)
+        records = self_answers.with_self_answers(wb, records, path, max_prompt_tokens=recipe.cutoff_len)
+    if recipe.wrapped_harmful:
+        records += wrapped_harmful(records, recipe.wrapped_harmful, recipe.seed)
     if recipe.coca_variant:
         return coca.refactor(records, recipe.coca_variant, recipe.refusals)
     return coca.plain_sft(records, recipe.refusals)
+
+
+HELD_OUT_SEEDS = range(5)  # evaluation seeds whose attack variants training never uses
+
+
+def wrapped_harmful(records: Sequence[Record], share: float, seed: int) -> list[Record]:
+    """Copies of a seeded ``share`` of the harmful (label 1) ``records``, each wrapped in a jailbreak
+    template or followed by a GCG suffix (alternately), drawn from the registry's templates and
+    suffixes minus every one the evaluation suites use for seeds 0-4
+    (:func:`workbench.evals.suites.attack_variants`; 39 of 48 templates and 5 of 13 suffixes are
+    left), so that those seeds' attack suites stay unseen.
+
+    A copy keeps the original's label and names its concepts as the original does (``category``),
+    so COCA's reasoning step for it names the request's concepts, not the template's words.
+    """
+    from ..data import add_suffix, fill_template, templates
+    from ..evals.suites import MAX_TEMPLATE_CHARS, attack_variants
+
+    if not 0 < share <= 1:
+        raise ValueError(f"wrapped_harmful must be in (0, 1], got {share}")
+    harmful = [r for r in records if r.label == 1]
+    if not harmful:
+        raise ValueError("wrapped_harmful: the records hold no harmful (label 1) record to wrap")
+    used = attack_variants(HELD_OUT_SEEDS)
+    pools = {"template": [t for t in templates(max_chars=MAX_TEMPLATE_CHARS) if t.id not in used],
+             "gcg": [s for s in load_dataset("gcg_suffixes") if s.id not in used]}
+    rng = random.Random(f"{seed}/wrapped_harmful")
+    out = []
+    for i, rec in enumerate(rng.sample(harmful, max(1, round(share * len(harmful))))):
+        family = ("template", "gcg")[i % 2]
+        variant = rng.choice(pools[family])
+        wrap = fill_template(variant.prompt, rec.prompt) if family == "template" else add_suffix(rec.prompt, variant.prompt)
+        out.append(replace(rec, id=f"wrapped/{family}/{variant.id}/{rec.id}", prompt=wrap,
+                           category=", ".join(coca.concepts_for(rec)),
+                           meta={**rec.meta, "family": family, "variant": variant.id, "request_id": rec.id}))
+    return out
 
 
 def records_hash(records: Sequence[Record]) -> str:

@@ -51,6 +51,8 @@ class Recipe:
     max_samples: int | None = None            # per dataset, a seeded random sample
     refusals: str = "default"                 # the harmful records' refusal texts: default | distinct (coca.REFUSAL_SETS)
     benign_answers: str = "reference"         # reference | self (the starting model's own answers, train.self_answers)
+    self_answers_path: str | None = None      # benign_answers: self: the answers' file, reused (default output_dir/self_answers.json)
+    wrapped_harmful: float = 0.0              # add this share of the harmful records again, jailbreak-wrapped (data.wrapped_harmful)
     answer_weight: float = 1.0                # loss weight of the answer's first tokens (after a COCA reasoning step)
     answer_weight_tokens: int = 8             # how many answer tokens answer_weight applies to
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
@@ -169,6 +171,7 @@ class Recipe:
         for key in ("weight_decay", "lora_dropout", "max_grad_norm"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(0 <= self.wrapped_harmful <= 1, f"wrapped_harmful must be in [0, 1], got {self.wrapped_harmful}")
         need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")
         need(self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 or -1, got {self.max_steps}")
         methods.validate(self, need)  # the method's own keys (workbench.train.methods)

@@ -10,8 +10,9 @@ loss is spent on the decision and the refusal. Recipe key ``benign_answers: self
 Each benign prompt's answer is generated once (greedy, ``max_new_tokens``), cut after its last
 complete sentence, and kept only where :func:`workbench.evals.default_judge` says it complies; a
 benign record whose own answer is judged a refusal keeps its reference answer (or is dropped when
-it has none). The answers are stored in the run folder (``self_answers.json``), so a resumed run
-trains on the same data without generating again.
+it has none). The answers are stored in the run folder (``self_answers.json``, or the recipe's
+``self_answers_path``, which the experiment shares between its methods), so a resumed run, or another
+run from the same model, trains on the same answers without generating them again.
 """
 
 from __future__ import annotations
