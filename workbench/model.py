@@ -224,7 +224,7 @@ class Workbench:
             raise ValueError("no prompts to score")
         rows = []
         fast = self.backend.persistent_hooks  # installed hooks fire in the exact shortcut too
-        # batches of similar length (a batch pads to its longest prompt; MMLU's run from 70 to 550
+        # batches of similar length (a batch pads to its longest prompt; MMLU's run from 64 to 549
         # tokens), rows returned in input order
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with self.hooks(hooks) if hooks is not None else nullcontext():

@@ -129,9 +129,8 @@ def _mmlu(wb: Workbench, suite: Suite, batch_size: int) -> dict:
 def _perplexity(wb: Workbench, suite: Suite, batch_size: int) -> dict:
     """Perplexity of the reference answers (response tokens only) under the model."""
     nll, count = 0.0, 0
-    records = sorted(suite.records, key=lambda r: len(r.prompt) + len(r.response or ""))  # less padding
-    for lo in range(0, len(records), batch_size):
-        recs = records[lo:lo + batch_size]
+    for lo in range(0, len(suite), batch_size):
+        recs = suite.records[lo:lo + batch_size]
         batch = wb.tokenize([r.prompt for r in recs], [r.response or "" for r in recs], padding_side="right")
         logp = wb.forward(batch)[:, :-1].log_softmax(-1)
         target, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]
