@@ -20,12 +20,16 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
     think = plan[next(k for k in plan if k.endswith("lofit/think_warm.yaml"))]
     tagged = plan[next(k for k in plan if k.endswith("lofit/tagged_warm.yaml"))]
     caft = plan[next(k for k in plan if k.endswith("caft/diffmeans.yaml"))]
-    assert len(plan) == 19  # head selection and bias tuning are shared by lofit and both COCAs and run once
+    assert len(plan) == 21  # head selection and bias tuning are shared by lofit and both COCAs and run once
     assert head.lofit_heads_path == bias.lofit_heads_path == str(tmp_path / "train/lofit/head/heads.json")
     assert think.warm_start_from == tagged.warm_start_from == bias.output_dir == str(tmp_path / "train/lofit/bias_tuning")
     assert caft.caft_concepts == str(tmp_path / "concepts/harmful.safetensors")
-    # full size: every method trains on the same records for the same number of steps
-    assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for r in plan.values())
+    # full size: every method trains for the same number of steps, but the two with more records: one epoch
+    one_epoch = ("coca_lora_self_512_wrapped_long:", "coca_lora_self_512_wrapped_long_enc:")
+    assert all(r.output_dir.startswith(str(tmp_path)) and r.max_steps == 150 for k, r in plan.items() if not k.startswith(one_epoch))
+    long_benign, encoded = (plan[next(k for k in plan if k.startswith(m))] for m in one_epoch)
+    assert {(r.max_steps, r.num_train_epochs, r.long_benign, r.wrapped_harmful) for r in (long_benign, encoded)} == {(-1, 1.0, 90, 0.33)}
+    assert (long_benign.encoded_harmful, encoded.encoded_harmful) == (0.0, 0.2)
     with_twins = ("sft_twins:", "coca_tagged_twins_lora:", "coca_lora_twins:", "coca_lora_self", "sft_self:")
     assert {r.dataset for k, r in plan.items() if not k.startswith(with_twins)} == {"advbench,harmbench,benign_instructions"}
     # COCA's data on LoRA: the sft recipe with a COCA variant, in its own folder
@@ -74,7 +78,9 @@ def test_plan_rewires_recipes_into_the_experiment_folder(tmp_path):
                     "coca_lora_self_long": str(tmp_path / "train/coca_lora_self_long/sft/lora"),
                     "coca_lora_self_lr": str(tmp_path / "train/coca_lora_self_lr/sft/lora"),
                     "coca_lora_self_512": str(tmp_path / "train/coca_lora_self_512/sft/lora"),
-                    "coca_lora_self_512_wrapped": str(tmp_path / "train/coca_lora_self_512_wrapped/sft/lora")}
+                    "coca_lora_self_512_wrapped": str(tmp_path / "train/coca_lora_self_512_wrapped/sft/lora"),
+                    "coca_lora_self_512_wrapped_long": str(tmp_path / "train/coca_lora_self_512_wrapped_long/sft/lora"),
+                    "coca_lora_self_512_wrapped_long_enc": str(tmp_path / "train/coca_lora_self_512_wrapped_long_enc/sft/lora")}
     # an overridden chained method runs its whole chain itself: its warm start and heads are its own
     exp.method_overrides = {"coca": {"learning_rate": 1e-4}}
     plan, runs = plan_training(exp, tmp_path)

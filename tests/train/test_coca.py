@@ -211,3 +211,51 @@ def test_wrapped_harmful_records_use_only_attacks_the_evaluation_never_draws():
     assert build_records(recipe) == recs  # seeded
     with pytest.raises(RecipeError, match="wrapped_harmful must be in"):
         recipe.replace(wrapped_harmful=1.5)
+
+
+def test_encoded_harmful_records_decode_to_their_request_in_the_training_encodings_only():
+    from workbench.data import ENCODINGS, decode_attack
+    from workbench.train.data import TRAIN_ENCODINGS, encoded_harmful
+
+    recipe = Recipe.from_dict({"output_dir": "x", "dataset": "advbench,harmbench,benign_instructions", "max_samples": 10,
+                               "coca_variant": "think", "wrapped_harmful": 0.5, "encoded_harmful": 0.4, "seed": 3})
+    recs = build_records(recipe)
+    plain = {r.meta["orig_id"]: r for r in build_records(recipe.replace(wrapped_harmful=0.0, encoded_harmful=0.0))}
+    encoded = [r for r in recs if r.meta["orig_id"].startswith("wrapped/encoding/")]
+    assert len(recs) == 30 + 10 + 8 and len(encoded) == 8  # 40% of the 20 plain harmful records, no wrapped copy
+    assert [r.meta["variant"] for r in encoded] == [TRAIN_ENCODINGS[i % 4] for i in range(8)]
+    for r in encoded:
+        orig = plain[r.meta["request_id"]]
+        decoded = decode_attack(r.prompt)
+        assert decoded is not None and decoded.encoding == r.meta["variant"]
+        if decoded.encoding != "leetspeak":  # lossy: the others decode to the request itself
+            assert decoded.request == orig.prompt
+        assert r.prompt == ENCODINGS[r.meta["variant"]](orig.prompt)
+        assert r.label == 1 and coca.parse_reasoning(r.response) == coca.parse_reasoning(orig.response)
+    assert not {"hex", "caesar", "atbash"} & set(TRAIN_ENCODINGS)  # three of the suite's seven stay unseen
+    assert build_records(recipe) == recs  # seeded
+    with pytest.raises(ValueError, match="unknown or no encodings"):
+        encoded_harmful(list(plain.values()), 0.5, 0, encodings=["morse"])
+    with pytest.raises(RecipeError, match="encoded_harmful must be in"):
+        recipe.replace(encoded_harmful=-0.1)
+
+
+def test_long_benign_prompts_are_document_tasks_around_benign_reference_answers():
+    from workbench.train.data import LONG_DOC_CHARS, LONG_TASKS, long_benign
+
+    records = load_dataset("benign_instructions", split="train") + load_dataset("advbench", split="train")[:5]
+    docs = [r.response.strip() for r in records if r.label == 0 and r.response and len(r.response.strip()) >= 400]
+    out = long_benign(records, 20, seed=1)
+    assert len(out) == 20 and len({r.prompt for r in out}) == 20 and {r.label for r in out} == {0}
+    assert all(r.response is None and r.source == "long_benign" for r in out)
+    for i, r in enumerate(out):
+        head, tail = LONG_TASKS[i % len(LONG_TASKS)].split("{doc}")
+        doc = r.prompt.removeprefix(head).removesuffix(tail)
+        assert r.prompt == head + doc + tail and LONG_DOC_CHARS[0] <= len(doc) <= LONG_DOC_CHARS[1]
+        assert any(d.startswith(doc) for d in docs)  # a benign answer, cut at a sentence end when long
+        assert len(doc) == len(next(d for d in docs if d.startswith(doc))) or doc[-1] in ".!?"
+    assert long_benign(records, 20, seed=1) == out and long_benign(records, 20, seed=2) != out
+    with pytest.raises(ValueError, match="no benign record"):
+        long_benign(load_dataset("advbench", split="train")[:5], 3, seed=0)
+    with pytest.raises(RecipeError, match="set benign_answers: self"):
+        Recipe.from_dict({"output_dir": "x", "dataset": "benign_instructions", "long_benign": 4})

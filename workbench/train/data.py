@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +33,9 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
     the refusal texts (:data:`coca.REFUSAL_SETS`). ``benign_answers: self`` answers the benign records
     with ``wb``, the model the run starts from (:func:`self_answers.with_self_answers`; stored in
     ``self_answers_path``, default the run folder, and reused from there). ``wrapped_harmful`` adds
-    jailbreak-wrapped copies of harmful records (:func:`wrapped_harmful`).
+    jailbreak-wrapped copies of harmful records (:func:`wrapped_harmful`), ``encoded_harmful`` encoded
+    ones (:func:`encoded_harmful`), ``long_benign`` long document-task prompts (:func:`long_benign`,
+    answered with ``benign_answers: self``).
     """
     records: list[Record] = []
     for name in recipe.datasets():
@@ -45,6 +48,8 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
             rng = random.Random(f"{recipe.seed}/{name}")
             recs = rng.sample(recs, recipe.max_samples)
         records.extend(recs)
+    if recipe.long_benign:
+        records += long_benign(records, recipe.long_benign, recipe.seed)
     if recipe.benign_answers == "self":
         if wb is None:
             raise ValueError("benign_answers: self needs the model the run starts from (build_records(recipe, wb))")
@@ -52,6 +57,8 @@ def build_records(recipe: Recipe, wb: Workbench | None = None) -> list[Record]:
         records = self_answers.with_self_answers(wb, records, path, max_prompt_tokens=recipe.cutoff_len)
     if recipe.wrapped_harmful:
         records += wrapped_harmful(records, recipe.wrapped_harmful, recipe.seed)
+    if recipe.encoded_harmful:
+        records += encoded_harmful(records, recipe.encoded_harmful, recipe.seed)
     if recipe.coca_variant:
         return coca.refactor(records, recipe.coca_variant, recipe.refusals)
     return coca.plain_sft(records, recipe.refusals)
@@ -90,6 +97,79 @@ def wrapped_harmful(records: Sequence[Record], share: float, seed: int) -> list[
         out.append(replace(rec, id=f"wrapped/{family}/{variant.id}/{rec.id}", prompt=wrap,
                            category=", ".join(coca.concepts_for(rec)),
                            meta={**rec.meta, "family": family, "variant": variant.id, "request_id": rec.id}))
+    return out
+
+
+TRAIN_ENCODINGS = ("base64", "rot13", "leetspeak", "reverse")  # hex, caesar and atbash stay unseen
+
+
+def encoded_harmful(records: Sequence[Record], share: float, seed: int,
+                    encodings: Sequence[str] = TRAIN_ENCODINGS) -> list[Record]:
+    """Copies of a seeded ``share`` of the harmful (label 1) ``records``, each encoded by one of
+    ``encodings`` in turn (:data:`workbench.data.ENCODINGS`: the evaluation's encoding attack, the
+    payload after an instruction to decode and answer). The evaluation's encoding suite uses all seven
+    encodings, so with the default four the other three (hex, caesar, atbash) stay unseen.
+
+    A copy keeps its original's label and concepts, so COCA's reasoning for it decides "unsafe":
+    a model that cannot decode the payload can learn that only from the attack's shape, which is
+    what these records measure (see the README)."""
+    from ..data import ENCODINGS
+
+    if not 0 < share <= 1:
+        raise ValueError(f"encoded_harmful must be in (0, 1], got {share}")
+    bad = [e for e in encodings if e not in ENCODINGS]
+    if bad or not encodings:
+        raise ValueError(f"unknown or no encodings {bad or list(encodings)}; choose from {list(ENCODINGS)}")
+    harmful = [r for r in records if r.label == 1 and not r.id.startswith("wrapped/")]
+    if not harmful:
+        raise ValueError("encoded_harmful: the records hold no harmful (label 1) record to encode")
+    rng = random.Random(f"{seed}/encoded_harmful")
+    out = []
+    for i, rec in enumerate(rng.sample(harmful, max(1, round(share * len(harmful))))):
+        name = encodings[i % len(encodings)]
+        out.append(replace(rec, id=f"wrapped/encoding/{name}/{rec.id}", prompt=ENCODINGS[name](rec.prompt),
+                           category=", ".join(coca.concepts_for(rec)),
+                           meta={**rec.meta, "family": "encoding", "variant": name, "request_id": rec.id}))
+    return out
+
+
+# document tasks around a benign record's reference answer: long benign prompts of the kinds the
+# benign test split holds (a text to correct, summarize, answer about, a forum post to reply to)
+LONG_TASKS = (
+    "Fix all grammar and spelling errors in this text and rewrite it.\n{doc}",
+    "Summarize the following text in three sentences.\n\n{doc}",
+    "{doc}\n\nWhat is the main idea of the text above?",
+    "Give this passage a short title and explain your choice.\n\n{doc}",
+    "Here is a post from a discussion forum:\n\n{doc}\n\nWrite a helpful reply to it.",
+    "In this task, you are given a passage. Your job is to list its three most important points.\nPassage: {doc}",
+    "Paragraph: {doc}\nQuestion: Who is this paragraph written for? Explain briefly.",
+    "Read the text below and suggest two questions a curious reader might ask next.\n\n{doc}",
+)
+LONG_DOC_CHARS = (400, 1200)  # documents shorter are not used, longer ones cut at a sentence end
+
+
+def long_benign(records: Sequence[Record], n: int, seed: int) -> list[Record]:
+    """``n`` benign (label 0) prompts, each a document task (:data:`LONG_TASKS`, in turn) around the
+    reference answer of a benign record (``LONG_DOC_CHARS``: at least 400 characters, cut after the last
+    sentence that ends by 1,200), drawn with ``seed``; without a response (``benign_answers: self``
+    answers them). The benign test split's failures are long prompts of these kinds, while few
+    training prompts are long (19 of 238 reach 128 tokens)."""
+    if n <= 0:
+        raise ValueError(f"long_benign must be > 0, got {n}")
+    lo, hi = LONG_DOC_CHARS
+    docs = sorted({r.response.strip() for r in records if r.label == 0 and r.response and len(r.response.strip()) >= lo})
+    if not docs:
+        raise ValueError(f"long_benign: no benign record has a reference answer of {lo} characters or more")
+    rng = random.Random(f"{seed}/long_benign")
+    picks = [docs[i % len(docs)] for i in rng.sample(range(max(n, len(docs))), n)]
+    out = []
+    for i, doc in enumerate(picks):
+        if len(doc) > hi:
+            ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", doc[:hi])]
+            doc = doc[:ends[-1]] if ends else doc[:hi]
+        task = LONG_TASKS[i % len(LONG_TASKS)]
+        out.append(Record(id=f"long_benign/{i}", prompt=task.format(doc=doc), label=0, source="long_benign",
+                          category="document task", meta={"task": i % len(LONG_TASKS)}))
     return out
 
 

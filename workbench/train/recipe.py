@@ -53,6 +53,8 @@ class Recipe:
     benign_answers: str = "reference"         # reference | self (the starting model's own answers, train.self_answers)
     self_answers_path: str | None = None      # benign_answers: self: the answers' file, reused (default output_dir/self_answers.json)
     wrapped_harmful: float = 0.0              # add this share of the harmful records again, jailbreak-wrapped (data.wrapped_harmful)
+    encoded_harmful: float = 0.0              # add this share of the harmful records again, encoded (data.encoded_harmful)
+    long_benign: int = 0                      # add this many long document-task prompts (data.long_benign; needs benign_answers: self)
     answer_weight: float = 1.0                # loss weight of the answer's first tokens (after a COCA reasoning step)
     answer_weight_tokens: int = 8             # how many answer tokens answer_weight applies to
     cutoff_len: int = 256                     # tokens per example (prompt + response), longer ones cut
@@ -172,6 +174,10 @@ class Recipe:
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(0 <= self.wrapped_harmful <= 1, f"wrapped_harmful must be in [0, 1], got {self.wrapped_harmful}")
+        need(0 <= self.encoded_harmful <= 1, f"encoded_harmful must be in [0, 1], got {self.encoded_harmful}")
+        need(self.long_benign >= 0, f"long_benign must be >= 0, got {self.long_benign}")
+        need(not self.long_benign or self.benign_answers == "self",
+             "long_benign prompts have no reference answer: set benign_answers: self")
         need(self.max_samples is None or self.max_samples > 0, f"max_samples must be > 0, got {self.max_samples}")
         need(self.max_steps == -1 or self.max_steps > 0, f"max_steps must be > 0 or -1, got {self.max_steps}")
         methods.validate(self, need)  # the method's own keys (workbench.train.methods)
