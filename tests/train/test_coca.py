@@ -259,3 +259,14 @@ def test_long_benign_prompts_are_document_tasks_around_benign_reference_answers(
         long_benign(load_dataset("advbench", split="train")[:5], 3, seed=0)
     with pytest.raises(RecipeError, match="set benign_answers: self"):
         Recipe.from_dict({"output_dir": "x", "dataset": "benign_instructions", "long_benign": 4})
+
+
+def test_decisions_by_encoding_counts_unsafe_decisions_per_encoding_of_attack_prompts_only():
+    from workbench.data import ENCODINGS
+
+    refuse, helps = coca.refactor([HARM, GOOD], "think")
+    samples = [[ENCODINGS["base64"](HARM.prompt), refuse.response, True],
+               [ENCODINGS["base64"](GOOD.prompt), helps.response, True],
+               [ENCODINGS["hex"](GOOD.prompt), "no reasoning at all", True],
+               [HARM.prompt, refuse.response, True]]  # not an encoding attack: skipped
+    assert coca.decisions_by_encoding(samples) == {"base64": {"n": 2, "unsafe": 1}, "hex": {"n": 1, "unsafe": 0}}

@@ -306,6 +306,26 @@ def decision_following(metrics: dict[str, dict]) -> dict[str, dict]:
     return {key: rate(hits, metric) for key, (hits, metric) in rates.items() if hits}
 
 
+def decisions_by_encoding(samples: Sequence[Sequence]) -> dict[str, dict[str, int]]:
+    """``{encoding: {"n": prompts, "unsafe": decided unsafe}}`` over the ``[prompt, response, ...]``
+    samples whose prompt is an encoding attack (:func:`workbench.data.decode_attack`; the others are
+    skipped): whether a COCA model's reasoning decides "unsafe" on encoded requests, to be compared
+    between encoded harmful and encoded benign requests (a model that cannot decode them can only
+    go by the attack's shape)."""
+    from ..data import decode_attack
+
+    out: dict[str, dict[str, int]] = {}
+    for prompt, response, *_ in samples:
+        attack = decode_attack(prompt)
+        if attack is None:
+            continue
+        parsed = parse_decision(response)
+        row = out.setdefault(attack.encoding, {"n": 0, "unsafe": 0})
+        row["n"] += 1
+        row["unsafe"] += bool(parsed and parsed["decision"] == "refuse")
+    return out
+
+
 def reasoning_budget(variant: str | None) -> int:
     """Generation tokens a variant's reasoning takes before its answer (added to an evaluation's
     ``max_new_tokens``, so that the answer is judged and not cut off)."""
