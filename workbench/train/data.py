@@ -94,10 +94,15 @@ def wrapped_harmful(records: Sequence[Record], share: float, seed: int) -> list[
         family = ("template", "gcg")[i % 2]
         variant = rng.choice(pools[family])
         wrap = fill_template(variant.prompt, rec.prompt) if family == "template" else add_suffix(rec.prompt, variant.prompt)
-        out.append(replace(rec, id=f"wrapped/{family}/{variant.id}/{rec.id}", prompt=wrap,
-                           category=", ".join(coca.concepts_for(rec)),
-                           meta={**rec.meta, "family": family, "variant": variant.id, "request_id": rec.id}))
+        out.append(_attack_copy(rec, family, variant.id, wrap))
     return out
+
+
+def _attack_copy(rec: Record, family: str, variant: str, prompt: str) -> Record:
+    """``rec`` with an attack's ``prompt``, its label and its own concepts (so COCA's reasoning for the
+    copy names the request's concepts, not the attack's words)."""
+    return replace(rec, id=f"wrapped/{family}/{variant}/{rec.id}", prompt=prompt, category=", ".join(coca.concepts_for(rec)),
+                   meta={**rec.meta, "family": family, "variant": variant, "request_id": rec.id})
 
 
 TRAIN_ENCODINGS = ("base64", "rot13", "leetspeak", "reverse")  # hex, caesar and atbash stay unseen
@@ -127,9 +132,7 @@ def encoded_harmful(records: Sequence[Record], share: float, seed: int,
     out = []
     for i, rec in enumerate(rng.sample(harmful, max(1, round(share * len(harmful))))):
         name = encodings[i % len(encodings)]
-        out.append(replace(rec, id=f"wrapped/encoding/{name}/{rec.id}", prompt=ENCODINGS[name](rec.prompt),
-                           category=", ".join(coca.concepts_for(rec)),
-                           meta={**rec.meta, "family": "encoding", "variant": name, "request_id": rec.id}))
+        out.append(_attack_copy(rec, "encoding", name, ENCODINGS[name](rec.prompt)))
     return out
 
 
