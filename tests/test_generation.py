@@ -90,3 +90,36 @@ def test_fast_path_runs_the_lora_adapter():
     assert fast == slow
     with pm.disable_adapter():
         assert greedy_decode(wb.model, batch.input_ids, batch.attention_mask, 10, eos, fast=True) != fast
+
+
+@pytest.mark.parametrize("vocab,bias", [(4096, False), (1000, True)])
+def test_screened_argmax_equals_the_fp32_argmax(vocab, bias):
+    """The bf16 screen with fp32 rescoring picks the fp32 logits' argmax on rows whose two best
+    tokens are planted 1e-4 .. 1e-3 apart (above fp32 rounding, far below bf16's: the bf16 logits'
+    own argmax gets many of them wrong), with a bias and with a vocabulary that is no multiple of
+    the screen's block; a NaN row falls back to the fp32 logits."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from workbench.generation import ScreenedArgmax
+
+    g = torch.Generator().manual_seed(0)
+    head = nn.Linear(64, vocab, bias=bias).requires_grad_(False)
+    head.weight.copy_(torch.randn(vocab, 64, generator=g) * 0.3)
+    if bias:
+        head.bias.copy_(torch.randn(vocab, generator=g))
+    h = torch.randn(300, 64, generator=g) * 8
+    # move each of the first 200 rows along w_c - w_a (a, c: its two best tokens) until
+    # logit_c - logit_a = +-gap
+    a, c = head(h).topk(2, dim=1).indices[:200].T
+    gap = torch.logspace(-4, -3, 200) * torch.where(torch.arange(200) % 2 == 0, 1.0, -1.0)
+    dw = head.weight[c] - head.weight[a]
+    now = head(h[:200]).gather(1, c[:, None])[:, 0] - head(h[:200]).gather(1, a[:, None])[:, 0]
+    h[:200] += ((gap - now) / (dw * dw).sum(1))[:, None] * dw
+    want = F.linear(h, head.weight, head.bias).argmax(1)
+    screen_alone = F.linear(h.bfloat16(), head.weight.bfloat16(), None if head.bias is None else head.bias.bfloat16())
+    assert int((screen_alone.float().argmax(1) != want).sum()) > 20
+    screened = ScreenedArgmax(head)
+    assert torch.equal(screened(h), want)
+    h[1] = float("nan")
+    assert torch.equal(screened(h[:3]), F.linear(h[:3], head.weight, head.bias).argmax(1))

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._forward import decoder_and_head, prefill_shared, prefix_to_share
+from ._hardware import fast_bf16
 
 if TYPE_CHECKING:
     from transformers.cache_utils import DynamicLayer
@@ -153,7 +154,9 @@ class _FastDecoder:
         self.norm = _unwrapped(self.decoder.norm)
         hf_attn = self.layers[0].attn.original_component
         self.d_head, self.scale = hf_attn.head_dim, hf_attn.scaling
-        n_kv = self.decoder.config.num_key_value_heads
+        self.n_kv = n_kv = self.decoder.config.num_key_value_heads
+        unembed = _unwrapped(head)
+        self.argmax = ScreenedArgmax(unembed) if ScreenedArgmax.applies(unembed) else lambda h: head(h).argmax(-1)
         w = (self.decoder.embed_tokens.weight if hasattr(self.decoder.embed_tokens, "weight")
              else next(self.decoder.parameters()))
         shape = (batch, n_kv, max_len, self.d_head)
@@ -178,9 +181,14 @@ class _FastDecoder:
             k = k * cos + _rotate_half(k) * sin
             self.k[i][:b, :, start:end] = k
             self.v[i][:b, :, start:end] = v
-            o = F.scaled_dot_product_attention(q, self.k[i][:b, :, :end], self.v[i][:b, :, :end], attn_mask=mask,
-                                               scale=self.scale, enable_gqa=True)
-            x = x + m["o"](o.transpose(1, 2).reshape(b, t, -1))
+            if t == 1:  # decode: each key/value head's query heads as its query rows (no KV copy per group)
+                o = F.scaled_dot_product_attention(q.reshape(b, self.n_kv, -1, self.d_head), self.k[i][:b, :, :end],
+                                                   self.v[i][:b, :, :end], attn_mask=mask, scale=self.scale)
+                x = x + m["o"](o.reshape(b, 1, -1))
+            else:
+                o = F.scaled_dot_product_attention(q, self.k[i][:b, :, :end], self.v[i][:b, :, :end], attn_mask=mask,
+                                                   scale=self.scale, enable_gqa=True)
+                x = x + m["o"](o.transpose(1, 2).reshape(b, t, -1))
             x = x + m["mlp"](m["ln2"](x))
         return self.norm(x)
 
@@ -196,7 +204,7 @@ class _FastDecoder:
                 cache[1:b, :, :p] = cache[:1, :, :p]
         mask = (causal[p:] & keymask[:, None, :])[:, None]  # [B, 1, T - p, T]
         hidden = self.forward(input_ids[:, p:], pos[:, p:], p, mask)
-        logits = self.head(hidden[torch.arange(b, device=device), lengths - 1 - p])
+        tok = self.argmax(hidden[torch.arange(b, device=device), lengths - 1 - p])
         eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
         keys = torch.cat([keymask, keymask.new_zeros(b, max_new_tokens)], 1)  # [B, max_len] slots that hold a token
         nxt = lengths.clone()                     # each row's next RoPE position
@@ -205,7 +213,6 @@ class _FastDecoder:
         new: list[list[int]] = [[] for _ in range(b)]
         slot = t
         for step in range(max_new_tokens):
-            tok = logits.argmax(-1)
             for i, k, on in zip(alive.tolist(), tok.tolist(), live.tolist()):
                 if on:
                     new[i].append(k)
@@ -220,9 +227,68 @@ class _FastDecoder:
                 alive, tok, keys, nxt, live = alive[keep.cpu()], tok[keep], keys[keep], nxt[keep], live[keep]
             keys[:, slot] = True
             hidden = self.forward(tok[:, None], nxt[:, None], slot, keys[:, None, None, :slot + 1])
-            logits = self.head(hidden[:, -1])
+            tok = self.argmax(hidden[:, -1])
             nxt, slot = nxt + 1, slot + 1
         return new
+
+
+class ScreenedArgmax:
+    """``argmax(h @ W.T + b)`` of an fp32 unembedding ``W [vocab, d]`` (bias ``b`` optional) from a
+    bf16 screen (one bf16 GEMM, several times faster than fp32 on AMX) and an fp32 rescoring of the
+    few tokens that can still be the maximum: the fp32 logits' argmax, up to fp32 summation order.
+
+    Why it is exact: bf16 rounds each operand by a relative 2^-9 and the fp32-accumulated product
+    by 2^-9 again, so ``|p16_v - h.W_v| <= c ||h|| ||W_v|| + 2^-8 |p16_v|`` (Cauchy-Schwarz) with
+    c ~ 2^-8; :attr:`C` = 2^-7 doubles it. Every token whose screened logit comes within twice that
+    bound (with the largest ``||W_v||``) of the row's largest one is rescored in fp32, so the exact
+    maximum is among them (ties go to the lowest token id, as ``argmax``). The candidates are found
+    through the maxima of blocks of :attr:`BLOCK` logits, so that the one full pass over the
+    ``[b, vocab]`` screen is a block max. ``tests/test_generation.py`` checks it against the fp32
+    argmax, near-ties included.
+    """
+
+    C = 2.0 ** -7
+    BLOCK = 64
+
+    @staticmethod
+    def applies(head: nn.Module) -> bool:
+        """For a plain fp32 ``nn.Linear`` on a CPU whose bf16 GEMMs are fast (AMX)."""
+        w = getattr(head, "weight", None)
+        return (type(head) is nn.Linear and isinstance(w, torch.Tensor) and w.dtype == torch.float32
+                and w.device.type == "cpu" and fast_bf16("cpu"))
+
+    def __init__(self, head: nn.Module):
+        self.w = cast(torch.Tensor, head.weight).detach()
+        bias = cast("torch.Tensor | None", head.bias)
+        self.b = None if bias is None or not bool(bias.any()) else bias.detach()  # the bridge adds a zero bias
+        self.w16 = self.w.to(torch.bfloat16)
+        self.wmax = float(self.w.norm(dim=1).max())
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [b, d]`` fp32 -> token ids ``[b]``."""
+        n, vocab = h.shape[0], self.w.shape[0]
+        screen = F.linear(h.to(torch.bfloat16), self.w16)
+        if self.b is not None:
+            screen = screen.float() + self.b
+        if vocab % self.BLOCK:
+            screen = F.pad(screen, (0, self.BLOCK - vocab % self.BLOCK), value=float("-inf"))
+        blocks = screen.view(n, -1, self.BLOCK)
+        block_max = blocks.amax(2)
+        top = block_max.amax(1, keepdim=True).float()
+        thr = top - 1.01 * (2.0 ** -7 * top.abs() + 2 * self.C * self.wmax * h.norm(dim=1, keepdim=True))  # [n, 1]
+        r, blk = (block_max.float() >= thr).nonzero(as_tuple=True)  # blocks holding a candidate
+        pr, pc = (blocks[r, blk].float() >= thr[r]).nonzero(as_tuple=True)
+        rows, cols = r[pr], blk[pr] * self.BLOCK + pc
+        exact = (self.w[cols] * h[rows]).sum(1)  # fp32 logits of the candidates
+        if self.b is not None:
+            exact = exact + self.b[cols]
+        best = exact.new_full((n,), float("-inf")).scatter_reduce(0, rows, exact, "amax")
+        win = exact == best[rows]
+        out = cols.new_full((n,), vocab).scatter_reduce(0, rows[win], cols[win], "amin")
+        lost = (out == vocab).nonzero().squeeze(1)  # no finite candidate (a NaN or inf state): the fp32 row
+        if lost.numel():
+            out[lost] = F.linear(h[lost], self.w, self.b).argmax(-1)
+        return out
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
