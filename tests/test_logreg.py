@@ -24,3 +24,46 @@ def test_solver_reaches_sklearn_optimum():
             np.testing.assert_allclose(float(b[s]), ref.intercept_[0], atol=1e-5)
     with pytest.raises(ValueError, match="l2 must be > 0"):
         fit_logreg_batched(X, y, l2=0.0)
+
+
+def test_pcg_solves_with_a_stale_preconditioner():
+    """_pcg reaches ``rtol`` on SPD systems preconditioned by another matrix's Cholesky factor,
+    per row; a row that is already solved (b = 0) stays finite and exact; too few steps report it."""
+    from workbench.logreg import _pcg
+
+    g = torch.Generator().manual_seed(0)
+    s, m = 4, 30
+    A = torch.randn(s, 60, m, generator=g, dtype=torch.float64)
+    H = A.mT @ A + torch.eye(m, dtype=torch.float64)
+    stale = H + 3.0 * torch.diag_embed(torch.rand(s, m, generator=g, dtype=torch.float64))
+    L = torch.linalg.cholesky(stale)
+    b = torch.randn(s, m, generator=g, dtype=torch.float64)
+    b[2] = 0.0
+
+    def hvp(v):
+        return (H @ v[..., None])[..., 0]
+
+    def precond(r):
+        return torch.cholesky_solve(r[..., None], L)[..., 0]
+
+    x, ok = _pcg(hvp, b, precond, rtol=1e-8, steps=m)
+    assert bool(ok.all()) and torch.isfinite(x).all()
+    np.testing.assert_allclose(x.numpy(), torch.linalg.solve(H, b[..., None])[..., 0].numpy(), atol=1e-7)
+    assert float(x[2].abs().max()) == 0.0
+    _, ok1 = _pcg(hvp, b, precond, rtol=1e-8, steps=1)
+    assert not bool(ok1[[0, 1, 3]].any())
+
+
+def test_cg_steps_and_bf16_hessians_keep_the_optimum():
+    """With conjugate-gradient steps off (a new Hessian every iteration), on (the default) and with
+    bf16 Hessians, the solver lands on the same optimum as sklearn on a d ~ n problem."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 200, 120
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    X = torch.randn(2, n, d, generator=g) + 0.3 * y[None, :, None]
+    ref = [LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[s].double().numpy(), y.numpy()) for s in range(2)]
+    for kw in ({"cg_steps": 0}, {}, {"hessian_dtype": torch.bfloat16}):
+        w, b = fit_logreg_batched(X, y, tol=1e-8, **kw)
+        for s in range(2):
+            np.testing.assert_allclose(w[s].numpy(), ref[s].coef_[0], atol=2e-4)
+            np.testing.assert_allclose(float(b[s]), ref[s].intercept_[0], atol=2e-4)

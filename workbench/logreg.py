@@ -12,22 +12,25 @@ import torch
 
 def fit_logreg_batched(
     X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, tol: float = 1e-5, max_iter: int = 50,
-    hessian_dtype: torch.dtype | None = None,
+    hessian_dtype: torch.dtype | None = None, cg_rtol: float = 1e-2, cg_steps: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit S independent L2 logistic regressions at once by damped Newton.
 
     X: ``[S, n, d]`` (already standardized), y: ``[n]`` 0/1. Minimizes, per site,
     ``sum_i logloss_i + 0.5 * l2 * ||w||^2`` with an unpenalized intercept -- the optimum of
-    sklearn's ``LogisticRegression(C=1/l2)``. Each iteration builds the exact Hessian
-    ``[S, d+1, d+1]`` with one batched matmul, solves by Cholesky and backtracks per site
-    (Armijo). A site stops after a step whose Newton decrement ``-g.step`` is below
-    ``tol * n`` (quadratic convergence: the step it takes lands far closer). Converged sites
-    drop out of the batch. Returns ``(w [S, d], b [S])`` in X's dtype and device.
+    sklearn's ``LogisticRegression(C=1/l2)``. The first iteration builds the exact Hessian
+    ``[S, d+1, d+1]`` with one batched matmul and factors it (Cholesky); later iterations solve
+    their Newton system by conjugate gradients on exact Hessian-vector products (two passes over
+    the data), preconditioned by the last factor, to ``cg_rtol`` within ``cg_steps`` steps -- and
+    build and factor a new Hessian only where that fails (the Hessian changes less and less as
+    Newton converges). Each step backtracks per site (Armijo). A site stops after a step whose
+    Newton decrement ``-g.step`` is below ``tol * n``. Converged sites drop out of the batch.
+    Returns ``(w [S, d], b [S])`` in X's dtype and device.
 
     ``hessian_dtype`` (e.g. ``torch.bfloat16``, where matrix units make it several times faster:
-    :func:`workbench._hardware.fast_bf16`) builds the Hessian in that precision; the step is then
-    refined once against the exact Hessian (two matrix-vector products in X's dtype), so that the
-    gradient, the loss, the line search and the optimum stay those of X's dtype.
+    :func:`workbench._hardware.fast_bf16`) builds the Hessian in that precision; its factor then
+    preconditions the same conjugate gradients on the exact Hessian, so that the gradient, the
+    loss, the line search and the optimum stay those of X's dtype.
     """
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0 (the problem has no optimum on separable data), got {l2}")
@@ -53,28 +56,43 @@ def fit_logreg_batched(
 
     z = torch.bmm(Xs, theta[:, :, None])[..., 0]
     f = loss(z, theta)
+    L: torch.Tensor | None = None  # Cholesky factor of the last Hessian built: the preconditioner
     for _ in range(max_iter):
         p = torch.sigmoid(z)
         g = torch.bmm((p - y)[:, None, :], Xs)[:, 0]  # [s, d+1]
         g[:, :d] += l2 * theta[:, :d]
         wt = p * (1 - p)
-        H = torch.bmm(XhT * wt.to(hdt)[:, None, :], XhT.mT).to(dt)  # [s, d+1, d+1], the costly part
-        H.diagonal(dim1=1, dim2=2).add_(reg)
-        L, info = torch.linalg.cholesky_ex(H)
-        if bool((info != 0).any()):  # numerically indefinite in low precision: solve in float64
-            step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
-        else:
-            step = -solve(L, g)
-            if hdt != dt:  # one refinement: step += H_low^-1 (-g - H step), H step exact in dt
-                Hstep = torch.bmm((wt * torch.bmm(Xs, step[:, :, None])[..., 0])[:, None, :], Xs)[:, 0] + reg * step
-                step = step + solve(L, -g - Hstep)
+
+        def hvp(v: torch.Tensor, Xs=Xs, wt=wt) -> torch.Tensor:  # exact Hessian-vector products [s, d+1]
+            return torch.bmm((wt * torch.bmm(Xs, v[:, :, None])[..., 0])[:, None, :], Xs)[:, 0] + reg * v
+
+        step = None
+        if L is not None:  # the last factor as preconditioner: a few CG steps instead of a new Hessian
+            step, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
+            if not bool(ok_cg.all()):
+                step = None
+        if step is None:
+            H = torch.bmm(XhT * wt.to(hdt)[:, None, :], XhT.mT).to(dt)  # [s, d+1, d+1], the costly part
+            H.diagonal(dim1=1, dim2=2).add_(reg)
+            L, info = torch.linalg.cholesky_ex(H)
+            if bool((info != 0).any()):  # numerically indefinite in low precision: solve in float64
+                step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
+                L = None
+            elif hdt != dt:  # the low-precision factor preconditions CG on the exact Hessian
+                step = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)[0]
+            else:
+                step = -solve(L, g)
         slope = (g * step).sum(1)  # directional derivative (< 0)
         done = -slope < tol * n
         zd = torch.bmm(Xs, step[:, :, None])[..., 0]  # logits are linear in the step: no data pass per trial
         t = torch.ones(len(act), dtype=dt, device=dev)
         ok = torch.ones(len(act), dtype=torch.bool, device=dev)  # (set by the first trial: the loop always runs)
+        # the loss's rounding level (its sums run over terms of size |z|); a predicted decrease below it
+        # cannot be judged by the loss: such a step (near the optimum: a Newton step) is taken whole
+        noise = slack * (z.abs().sum(1) + f.abs())
+        blind = -slope <= 2 * noise
         for _ in range(40):  # Armijo backtracking, per site
-            ok = loss(z + t[:, None] * zd, theta + t[:, None] * step) <= f + 1e-4 * t * slope + slack * f.abs()
+            ok = blind | (loss(z + t[:, None] * zd, theta + t[:, None] * step) <= f + 1e-4 * t * slope + noise)
             if bool(ok.all()):
                 break
             t = torch.where(ok, t, 0.5 * t)
@@ -88,12 +106,36 @@ def fit_logreg_batched(
             if not bool(keep.any()):
                 break
             act, theta, z, f = act[keep], theta[keep], z[keep], f[keep]
+            L = None if L is None else L[keep]
             Xs = Xa[act]
             XhT = Xs.mT if hdt == dt else XhTa[act]  # fp32: a view of Xs, not a second copy
     else:
         out[act] = theta
         warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
     return out[:, :d], out[:, d]
+
+
+def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preconditioned conjugate gradients for ``H x = b`` per row of ``b [s, m]`` (``hvp(v)`` = H v,
+    ``precond(r)`` ~ H^-1 r), from ``x = precond(b)``, at most ``steps`` steps; a row stops once
+    ``||b - H x|| <= rtol ||b||``. Returns ``(x, converged [s])``."""
+    x = precond(b)
+    r = b - hvp(x)
+    goal = rtol * b.norm(dim=1)
+    zr = precond(r)
+    d, rz = zr, (r * zr).sum(1)
+    for _ in range(steps):
+        live = r.norm(dim=1) > goal
+        if not bool(live.any()):
+            break
+        Hd = hvp(d)
+        alpha = torch.where(live, rz / (d * Hd).sum(1), torch.zeros_like(rz))  # converged rows stay
+        x, r = x + alpha[:, None] * d, r - alpha[:, None] * Hd
+        zr = precond(r)
+        rz_new = (r * zr).sum(1)
+        d = torch.where(live[:, None], zr + (rz_new / rz)[:, None] * d, d)
+        rz = torch.where(live, rz_new, rz)
+    return x, r.norm(dim=1) <= goal
 
 
 def standardizer(Xtr: torch.Tensor, dtype: torch.dtype):

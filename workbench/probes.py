@@ -19,8 +19,9 @@ fast (AMX) the Hessians are built in bf16 (:data:`BF16_HESSIANS`). Nothing in it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal, overload
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar, overload
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from .logreg import fit_logreg_batched, standardizer
 from .sites import is_head_site, split_site
 from .stats import score_metrics
 
+T = TypeVar("T")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 # BLAS threads for the sklearn reference. Its per-site problems are small; with 2 threads on
 # a busy 2-core machine OpenBLAS was 10-30x slower than with 1. None = the library default.
@@ -49,6 +51,11 @@ BF16_MIN_WIDTH = 256  # narrower sites (heads, d=64) gain nothing from bf16 Hess
 # passes over the batch; cache-sized batches beat one batch of every site of a width (2 cores,
 # N=1000: residual sites 2.53 -> 1.95 s at 4-8 per batch, heads 1.14 -> 1.01 s at 64; bench/probe_sweep.py)
 BATCH_BYTES = 12 * 2**20
+# independent solves (a batch of sites on one fold) run in this many Python threads on a CPU, each
+# with torch's threads divided among them: the solver's many small operations (triangular solves,
+# elementwise passes) use one core poorly, so two solves at once beat one solve on two cores
+# (bench/probe_sweep.py). 1 = one solve at a time.
+SOLVE_WORKERS = 2
 
 
 # ----------------------------------------------------------------------------- site names
@@ -149,6 +156,21 @@ def _groups(names: Sequence[str], features: Mapping[str, torch.Tensor]) -> list[
     return batches
 
 
+def _solve_all(jobs: Sequence[Callable[[], T]], device) -> list[T]:
+    """Run independent solves, :data:`SOLVE_WORKERS` at a time on a CPU (torch's threads divided
+    among them, restored afterwards), one at a time elsewhere; results in ``jobs``' order."""
+    workers = min(SOLVE_WORKERS, len(jobs), torch.get_num_threads())
+    if workers < 2 or torch.device(device).type != "cpu":
+        return [job() for job in jobs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda job: job(), jobs))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _stack(features: Mapping[str, torch.Tensor], names: Sequence[str], device) -> torch.Tensor:
     """``[S, N, d]`` in the sites' own precision (at least float32): standardization needs it."""
     dt = torch.float32
@@ -179,9 +201,13 @@ def fit_predict(
     if method != "torch":
         raise ValueError(f"method must be 'torch' or 'sklearn', got {method!r}")
     device = device or train[names[0]].device
-    for idx in _groups(names, train):
-        sub = [names[i] for i in idx]
-        res = _torch_scores(_stack(train, sub, device), y_train, [_stack(ev, sub, device) for ev in evals], l2, dtype)
+    groups = _groups(names, train)
+
+    def solve(sub: list[str]) -> Callable[[], list[torch.Tensor]]:
+        return lambda: _torch_scores(_stack(train, sub, device), y_train, [_stack(ev, sub, device) for ev in evals],
+                                     l2, dtype)
+
+    for idx, res in zip(groups, _solve_all([solve([names[i] for i in idx]) for idx in groups], device)):
         for out, r in zip(outs, res):
             out[idx] = r.double().cpu().numpy()
     return outs
@@ -237,12 +263,17 @@ def probe_sweep(
     scores, fold_of = np.empty((len(names), len(y))), _fold_index(folds, len(y))
     if method == "torch":
         device = device or features[names[0]].device
-        for idx in _groups(names, features):
-            Xall = _stack(features, [names[i] for i in idx], device)  # [S, N, d], once per group
-            for tr, te in folds:
-                trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
-                (sc,) = _torch_scores(Xall[:, trt], y[tr], [Xall[:, tet]], l2, dtype)
-                scores[np.ix_(np.asarray(idx), te)] = sc.double().cpu().numpy()
+        groups = _groups(names, features)
+        stacked = [_stack(features, [names[i] for i in idx], device) for idx in groups]  # [S, N, d] per group
+
+        def solve(Xall: torch.Tensor, tr: np.ndarray, te: np.ndarray) -> Callable[[], list[torch.Tensor]]:
+            trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
+            return lambda: _torch_scores(Xall[:, trt], y[tr], [Xall[:, tet]], l2, dtype)
+
+        cells = [(idx, te) for idx in groups for _, te in folds]
+        fits = _solve_all([solve(Xall, tr, te) for Xall in stacked for tr, te in folds], device)
+        for (idx, te), (sc,) in zip(cells, fits):
+            scores[np.ix_(np.asarray(idx), te)] = sc.double().cpu().numpy()
     elif method == "sklearn":
         for tr, te in folds:
             (sc,) = fit_predict(
