@@ -28,7 +28,8 @@ def test_solver_reaches_sklearn_optimum():
 
 def test_pcg_solves_with_a_stale_preconditioner():
     """_pcg reaches ``rtol`` on SPD systems preconditioned by another matrix's Cholesky factor,
-    per row; a row that is already solved (b = 0) stays finite and exact; too few steps report it."""
+    per row, and tracks the data times its solution; a row that is already solved (b = 0) stays
+    finite and exact; too few steps report it."""
     from workbench.logreg import _pcg
 
     g = torch.Generator().manual_seed(0)
@@ -41,16 +42,17 @@ def test_pcg_solves_with_a_stale_preconditioner():
     b[2] = 0.0
 
     def hvp(v):
-        return (H @ v[..., None])[..., 0]
+        return (H @ v[..., None])[..., 0], (A @ v[..., None])[..., 0]
 
     def precond(r):
         return torch.cholesky_solve(r[..., None], L)[..., 0]
 
-    x, ok = _pcg(hvp, b, precond, rtol=1e-8, steps=m)
+    x, ax, ok = _pcg(hvp, b, precond, rtol=1e-8, steps=m)
     assert bool(ok.all()) and torch.isfinite(x).all()
     np.testing.assert_allclose(x.numpy(), torch.linalg.solve(H, b[..., None])[..., 0].numpy(), atol=1e-7)
+    np.testing.assert_allclose(ax.numpy(), (A @ x[..., None])[..., 0].numpy(), atol=1e-9)  # tracked A x
     assert float(x[2].abs().max()) == 0.0
-    _, ok1 = _pcg(hvp, b, precond, rtol=1e-8, steps=1)
+    _, _, ok1 = _pcg(hvp, b, precond, rtol=1e-8, steps=1)
     assert not bool(ok1[[0, 1, 3]].any())
 
 

@@ -63,12 +63,13 @@ def fit_logreg_batched(
         g[:, :d] += l2 * theta[:, :d]
         wt = p * (1 - p)
 
-        def hvp(v: torch.Tensor, Xs=Xs, wt=wt) -> torch.Tensor:  # exact Hessian-vector products [s, d+1]
-            return torch.bmm((wt * torch.bmm(Xs, v[:, :, None])[..., 0])[:, None, :], Xs)[:, 0] + reg * v
+        def hvp(v: torch.Tensor, Xs=Xs, wt=wt) -> tuple[torch.Tensor, torch.Tensor]:  # (H v [s, d+1], X v [s, n])
+            xv = torch.bmm(Xs, v[:, :, None])[..., 0]
+            return torch.bmm((wt * xv)[:, None, :], Xs)[:, 0] + reg * v, xv
 
-        step = None
+        step, zd = None, None
         if L is not None:  # the last factor as preconditioner: a few CG steps instead of a new Hessian
-            step, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
+            step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
             if not bool(ok_cg.all()):
                 step = None
         if step is None:
@@ -79,12 +80,13 @@ def fit_logreg_batched(
                 step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
                 L = None
             elif hdt != dt:  # the low-precision factor preconditions CG on the exact Hessian
-                step = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)[0]
+                step, zd, _ = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
             else:
-                step = -solve(L, g)
+                step, zd = -solve(L, g), None
         slope = (g * step).sum(1)  # directional derivative (< 0)
         done = -slope < tol * n
-        zd = torch.bmm(Xs, step[:, :, None])[..., 0]  # logits are linear in the step: no data pass per trial
+        if zd is None:  # the step's logits (CG tracks them): linear in the step, no data pass per trial
+            zd = torch.bmm(Xs, step[:, :, None])[..., 0]
         t = torch.ones(len(act), dtype=dt, device=dev)
         ok = torch.ones(len(act), dtype=torch.bool, device=dev)  # (set by the first trial: the loop always runs)
         # the loss's rounding level (its sums run over terms of size |z|); a predicted decrease below it
@@ -115,12 +117,14 @@ def fit_logreg_batched(
     return out[:, :d], out[:, d]
 
 
-def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preconditioned conjugate gradients for ``H x = b`` per row of ``b [s, m]`` (``hvp(v)`` = H v,
-    ``precond(r)`` ~ H^-1 r), from ``x = precond(b)``, at most ``steps`` steps; a row stops once
-    ``||b - H x|| <= rtol ||b||``. Returns ``(x, converged [s])``."""
+def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Preconditioned conjugate gradients for ``H x = b`` per row of ``b [s, m]`` (``hvp(v)`` =
+    ``(H v, X v)``: the Hessian-vector product and the data times v, ``precond(r)`` ~ H^-1 r), from
+    ``x = precond(b)``, at most ``steps`` steps; a row stops once ``||b - H x|| <= rtol ||b||``.
+    Returns ``(x, X x, converged [s])``."""
     x = precond(b)
-    r = b - hvp(x)
+    hx, xx = hvp(x)
+    r = b - hx
     goal = rtol * b.norm(dim=1)
     zr = precond(r)
     d, rz = zr, (r * zr).sum(1)
@@ -128,27 +132,29 @@ def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.
         live = r.norm(dim=1) > goal
         if not bool(live.any()):
             break
-        Hd = hvp(d)
+        Hd, Xd = hvp(d)
         alpha = torch.where(live, rz / (d * Hd).sum(1), torch.zeros_like(rz))  # converged rows stay
-        x, r = x + alpha[:, None] * d, r - alpha[:, None] * Hd
+        x, xx, r = x + alpha[:, None] * d, xx + alpha[:, None] * Xd, r - alpha[:, None] * Hd
         zr = precond(r)
         rz_new = (r * zr).sum(1)
         d = torch.where(live[:, None], zr + (rz_new / rz)[:, None] * d, d)
         rz = torch.where(live, rz_new, rz)
-    return x, r.norm(dim=1) <= goal
+    return x, xx, r.norm(dim=1) <= goal
 
 
-def standardizer(Xtr: torch.Tensor, dtype: torch.dtype):
+def standardize(Xtr: torch.Tensor, dtype: torch.dtype):
     """z-scoring fitted on ``Xtr [S, n, d]`` like sklearn's StandardScaler (ddof=0; a feature
-    whose variance is within float64 rounding of 0 gets std 1). Returns ``f(x [S, m, d])``
-    -> standardized x in ``dtype``. Two-pass centering keeps near-constant features exact in
-    their own precision: ``x - mean`` is exact when x and mean are close (Sterbenz)."""
+    whose variance is within float64 rounding of 0 gets std 1). Returns ``(Xtr standardized,
+    f)`` with ``f(x [S, m, d])`` -> standardized x, both in ``dtype``. Two-pass centering keeps
+    near-constant features exact in their own precision: ``x - mean`` is exact when x and mean
+    are close (Sterbenz)."""
     n = Xtr.shape[1]
     m1 = Xtr.mean(1, keepdim=True)
-    m2 = (Xtr - m1).mean(1, keepdim=True)  # rounding error of the first mean
-    c = Xtr - m1 - m2
+    c = Xtr - m1
+    m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
+    c -= m2
     var = (c * c).mean(1, keepdim=True).double()
     eps, mu = torch.finfo(torch.float64).eps, m1.double() + m2.double()
     constant = var <= n * eps * var + (n * mu * eps) ** 2  # sklearn's _is_constant_feature
     sd = torch.where(constant, torch.ones_like(var), var.sqrt()).to(Xtr.dtype)
-    return lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)
+    return (c / sd).to(dtype), lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)

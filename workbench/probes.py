@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from ._allocator import keep_freed_memory
 from ._hardware import fast_bf16
-from .logreg import fit_logreg_batched, standardizer
+from .logreg import fit_logreg_batched, standardize
 from .sites import is_head_site, split_site
 from .stats import score_metrics
 
@@ -136,10 +136,10 @@ def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: fl
     :data:`BF16_HESSIANS` for sites at least :data:`BF16_MIN_WIDTH` wide), return logits ``[S, m]``
     per eval set."""
     keep_freed_memory()  # the solves allocate and free the same large blocks: no page faults each time
-    z = standardizer(Xtr, dtype)
+    ztr, z = standardize(Xtr, dtype)
     bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
     hessian = torch.bfloat16 if bf16 and dtype == torch.float32 and Xtr.shape[2] >= BF16_MIN_WIDTH else None
-    w, b = fit_logreg_batched(z(Xtr), torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian)
+    w, b = fit_logreg_batched(ztr, torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian)
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
 
