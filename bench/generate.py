@@ -3,7 +3,9 @@ leave the batch), HF ``generate`` batched (left padding, the previous Workbench 
 ``generate`` at batch 1 (the baseline) -- on the same real prompts in the same run. Prints tokens/s,
 the ratios, and checks that Workbench's tokens equal HF batch 1's on every prompt (fp32).
 ``--bf16`` (default: where bf16 GEMMs are fast, AMX) also times Workbench on a bf16 copy of the
-model and reports how many answers are identical to fp32's and where they first differ.
+model and reports how many answers are identical to fp32's and where they first differ. Where bf16
+GEMMs are fast, Workbench is also timed with its unembedding argmax in plain fp32
+(``generation.SCREEN_UNEMBEDDING = False``), the previous path, asserting the same tokens.
 
 Rounds are interleaved; the median over rounds is reported. HF batch 1 runs on the first
 ``--n-single`` prompts only (it is slow); the others on all ``--n``.
@@ -34,7 +36,7 @@ def main() -> None:
                     help="also time a bf16 copy of the model (auto: where bf16 GEMMs are fast, AMX)")
     args = ap.parse_args()
 
-    from workbench import Workbench
+    from workbench import Workbench, generation
     from workbench._hardware import fast_bf16
     from workbench.data import harmful_vs_benign
     from workbench.generation import eos_token_ids
@@ -68,7 +70,10 @@ def main() -> None:
 
     single_ids = hf(prompts[: args.n_single], 1)
     want = tok.batch_decode(single_ids, skip_special_tokens=True)
-    rates: dict[str, list[float]] = {"hf_b1": [], "hf_batched": [], "workbench": [], "workbench_bf16": []}
+    rates: dict[str, list[float]] = {"hf_b1": [], "hf_batched": [], "workbench": [], "workbench_bf16": [],
+                                     "workbench_fp32_head": []}
+    screen = fast_bf16()  # ScreenedArgmax applies (AMX): also time the plain fp32 unembedding
+    head_diff = 0
     texts16: list[str] = []
     mismatches = 0
     for _ in range(args.rounds):
@@ -85,6 +90,13 @@ def main() -> None:
         rates["workbench"].append(sum(map(len, ids)) / (time.perf_counter() - t0))
         mismatches = sum(a != b for a, b in zip(texts[: args.n_single], want))
         batched_diff = sum(a != b for a, b in zip(texts, hf_texts))
+        if screen:
+            generation.SCREEN_UNEMBEDDING = False
+            t0 = time.perf_counter()
+            plain = workbench(prompts)
+            rates["workbench_fp32_head"].append(sum(map(len, ids)) / (time.perf_counter() - t0))
+            generation.SCREEN_UNEMBEDDING = True
+            head_diff = sum(a != b for a, b in zip(plain, texts))
         if wb16 is not None:
             t0 = time.perf_counter()
             texts16 = workbench(prompts, wb16)
@@ -100,6 +112,11 @@ def main() -> None:
           f"{med['workbench'] / med['hf_b1']:6.2f}x  ({med['workbench'] / med['hf_batched']:.2f}x HF batched)")
     print(f"  tokens identical to HF batch 1: {args.n_single - mismatches}/{args.n_single} prompts; "
           f"to HF batched: {len(prompts) - batched_diff}/{len(prompts)}")
+    if screen:
+        print(f"  Workbench, fp32 unembedding argmax {med['workbench_fp32_head']:7.1f} tok/s  "
+              f"{med['workbench_fp32_head'] / med['hf_b1']:6.2f}x  (the bf16-screened argmax: "
+              f"{med['workbench'] / med['workbench_fp32_head']:.2f}x it; answers identical on "
+              f"{len(prompts) - head_diff}/{len(prompts)})")
     if wb16 is not None:
         words = [(a.split(), b.split()) for a, b in zip(texts, texts16)]
         first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -114,8 +131,8 @@ def main() -> None:
         print(f"  bf16 answers identical to fp32: {sum(a == b for a, b in zip(texts, texts16))}/{len(prompts)}; "
               f"the others first differ at word {statistics.median(first) if first else '-'} (median); "
               f"the refusal judge's verdict is the same on {same_verdict}/{len(prompts)}")
-    if mismatches:
-        raise SystemExit(f"{mismatches} prompts differ from HF batch 1")
+    if mismatches or head_diff:
+        raise SystemExit(f"{mismatches} prompts differ from HF batch 1, {head_diff} between the two unembeddings")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from transformers.cache_utils import DynamicLayer
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# the hook-free loop's unembedding argmax through ScreenedArgmax (bf16 screen, fp32 rescoring: the
+# same tokens) where bf16 GEMMs are fast; False = the plain fp32 logits (bench/generate.py times both)
+SCREEN_UNEMBEDDING = True
 
 
 def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
@@ -156,7 +159,8 @@ class _FastDecoder:
         self.d_head, self.scale = hf_attn.head_dim, hf_attn.scaling
         self.n_kv = n_kv = self.decoder.config.num_key_value_heads
         unembed = _unwrapped(head)
-        self.argmax = ScreenedArgmax(unembed) if ScreenedArgmax.applies(unembed) else lambda h: head(h).argmax(-1)
+        screen = SCREEN_UNEMBEDDING and ScreenedArgmax.applies(unembed)
+        self.argmax = ScreenedArgmax(unembed) if screen else lambda h: head(h).argmax(-1)
         w = (self.decoder.embed_tokens.weight if hasattr(self.decoder.embed_tokens, "weight")
              else next(self.decoder.parameters()))
         shape = (batch, n_kv, max_len, self.d_head)
