@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from workbench.logreg import fit_logreg_batched
+from workbench.logreg import fit_logreg_batched, standardize
 
 
 def test_solver_reaches_sklearn_optimum():
@@ -69,3 +69,23 @@ def test_cg_steps_and_bf16_hessians_keep_the_optimum():
         for s in range(2):
             np.testing.assert_allclose(w[s].numpy(), ref[s].coef_[0], atol=2e-4)
             np.testing.assert_allclose(float(b[s]), ref[s].intercept_[0], atol=2e-4)
+
+
+def test_bf16_hessians_on_more_features_than_examples():
+    """d > n with strongly correlated features (as the first layers' residual stream): bf16 rounding
+    makes the Hessian indefinite or a poor preconditioner; the solver falls back to the exact
+    Hessian and still lands on sklearn's optimum, without a warning (it once stopped 0.27 away)."""
+    import warnings
+
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 150, 576, 4
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    X = torch.randn(n, k, generator=g) @ torch.randn(k, d, generator=g) + 0.3 * torch.randn(n, d, generator=g)
+    X += 0.5 * y[:, None] * torch.randn(d, generator=g)
+    Z, _ = standardize(X[None], torch.float32)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=100_000).fit(Z[0].double().numpy(), y.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w, b = fit_logreg_batched(Z, y, hessian_dtype=torch.bfloat16)  # the default tolerance
+    np.testing.assert_allclose(w[0].numpy(), ref.coef_[0], atol=1e-3)
+    np.testing.assert_allclose(float(b[0]), ref.intercept_[0], atol=1e-3)

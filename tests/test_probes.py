@@ -194,6 +194,31 @@ def test_batches_of_sites_give_the_same_probes(data, monkeypatch):
     pd.testing.assert_series_equal(alone[0]["accuracy"], whole[0]["accuracy"])
 
 
+def test_parallel_solves_give_the_same_probes_and_restore_threads(data, monkeypatch):
+    """Two solves at once (SOLVE_WORKERS) give the probes of one at a time, in the right rows;
+    torch's thread count is restored afterwards, also when a solve fails."""
+    feats, y = data
+    monkeypatch.setattr(probes, "BATCH_BYTES", 1)  # many solves, so that both workers get several
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(probes, "SOLVE_WORKERS", 1)
+    one = probe_sweep(feats, y, seed=1, return_scores=True)
+    monkeypatch.setattr(probes, "SOLVE_WORKERS", 2)
+    two = probe_sweep(feats, y, seed=1, return_scores=True)
+    np.testing.assert_allclose(two[1]["scores"], one[1]["scores"], atol=1e-4)
+    pd.testing.assert_series_equal(two[0]["accuracy"], one[0]["accuracy"])
+    assert torch.get_num_threads() == threads
+
+    def fail() -> None:
+        raise RuntimeError("a solve failed")
+
+    torch.set_num_threads(2)
+    with pytest.raises(RuntimeError, match="a solve failed"):
+        probes._solve_all([lambda: 1, fail, lambda: 3], "cpu")
+    assert torch.get_num_threads() == 2
+    assert probes._solve_all([lambda: 1, lambda: 2, lambda: 3], "cpu") == [1, 2, 3]
+    torch.set_num_threads(threads)
+
+
 def test_metrics_match_independent_computation(data, sweeps):
     _, y = data
     df, info = sweeps["torch"]

@@ -18,9 +18,12 @@ fp32):
 * without hooks installed through ``Workbench.hooks`` (hooks added to the bridge's hook points
   by hand are not seen), on a TransformerLens-bridged Llama-family model (:func:`fast_path_ok`): a decode
   loop over the same modules (norms, projections -- LoRA included -- and MLPs) with a
-  preallocated key/value cache and grouped-query SDPA attention. The bridge's attention
-  re-implements attention eagerly for its score / pattern hooks and copies every key/value
-  head group at each step; skipping that is most of the gain.
+  preallocated key/value cache and grouped-query SDPA attention (at a decode step, each
+  key/value head's query heads as its query rows: no key/value copy per group), and, where bf16
+  GEMMs are fast, the next token from :class:`ScreenedArgmax` (a bf16 screen of the unembedding,
+  its candidates re-scored in fp32). The bridge's attention re-implements attention eagerly for
+  its score / pattern hooks and copies every key/value head group at each step; skipping that is
+  most of the gain.
 """
 
 from __future__ import annotations

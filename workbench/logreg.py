@@ -57,6 +57,7 @@ def fit_logreg_batched(
     z = torch.bmm(Xs, theta[:, :, None])[..., 0]
     f = loss(z, theta)
     L: torch.Tensor | None = None  # Cholesky factor of the last Hessian built: the preconditioner
+    stuck = 0
     for _ in range(max_iter):
         p = torch.sigmoid(z)
         g = torch.bmm((p - y)[:, None, :], Xs)[:, 0]  # [s, d+1]
@@ -72,17 +73,24 @@ def fit_logreg_batched(
             step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
             if not bool(ok_cg.all()):
                 step = None
-        if step is None:
-            H = torch.bmm(XhT * wt.to(hdt)[:, None, :], XhT.mT).to(dt)  # [s, d+1, d+1], the costly part
-            H.diagonal(dim1=1, dim2=2).add_(reg)
-            L, info = torch.linalg.cholesky_ex(H)
-            if bool((info != 0).any()):  # numerically indefinite in low precision: solve in float64
+        if step is None:  # a new Hessian: in hdt, and exactly where hdt's rounding spoils it
+            for hd in dict.fromkeys((hdt, dt)):
+                H = torch.bmm((XhT if hd == hdt else Xs.mT) * wt.to(hd)[:, None, :],
+                              XhT.mT if hd == hdt else Xs).to(dt)  # [s, d+1, d+1], the costly part
+                H.diagonal(dim1=1, dim2=2).add_(reg)
+                L, info = torch.linalg.cholesky_ex(H)
+                if bool((info != 0).any()):  # numerically indefinite (low precision, d > n): next dtype
+                    L = None
+                elif hd == dt:
+                    step, zd = -solve(L, g), None
+                    break
+                else:  # the low-precision factor preconditions CG on the exact Hessian
+                    step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
+                    if bool(ok_cg.all()):
+                        break
+                    step = None
+            if step is None:  # indefinite even in X's dtype: solve the exact Hessian in float64
                 step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
-                L = None
-            elif hdt != dt:  # the low-precision factor preconditions CG on the exact Hessian
-                step, zd, _ = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
-            else:
-                step, zd = -solve(L, g), None
         slope = (g * step).sum(1)  # directional derivative (< 0)
         done = -slope < tol * n
         if zd is None:  # the step's logits (CG tracks them): linear in the step, no data pass per trial
@@ -92,14 +100,15 @@ def fit_logreg_batched(
         # the loss's rounding level (its sums run over terms of size |z|); a predicted decrease below it
         # cannot be judged by the loss: such a step (near the optimum: a Newton step) is taken whole
         noise = slack * (z.abs().sum(1) + f.abs())
-        blind = -slope <= 2 * noise
+        blind = (slope < 0) & (-slope <= 2 * noise)
         for _ in range(40):  # Armijo backtracking, per site
             ok = blind | (loss(z + t[:, None] * zd, theta + t[:, None] * step) <= f + 1e-4 * t * slope + noise)
             if bool(ok.all()):
                 break
             t = torch.where(ok, t, 0.5 * t)
-        t = torch.where(ok, t, torch.zeros_like(t))  # no decrease found (at rounding level): stay
+        t = torch.where(ok, t, torch.zeros_like(t))  # no decrease found: stay
         done |= ~ok
+        stuck += int((~ok).sum())  # no decrease along a step predicted to decrease by more than rounding
         theta, z = theta + t[:, None] * step, z + t[:, None] * zd
         f = loss(z, theta)
         if bool(done.any()):
@@ -114,6 +123,9 @@ def fit_logreg_batched(
     else:
         out[act] = theta
         warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
+    if stuck:
+        warnings.warn(f"fit_logreg_batched: the line search found no decrease for {stuck} of {S} probes, which "
+                      f"stopped before the optimum", stacklevel=2)
     return out[:, :d], out[:, d]
 
 

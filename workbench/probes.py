@@ -11,10 +11,11 @@ massive-activation dimension) and fits L2-regularized logistic regression, minim
 ``C = 1 / l2``. ``method="sklearn"`` is the per-site reference loop; ``method="torch"`` fits
 sites of the same width in batched damped-Newton solves, in cache-sized batches
 (:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`). On a 2-core CPU the
-batched solve wins most for many narrow sites (heads, d=64: ~5-6x) and less for wide ones (d=576,
-n=800: Newton needs ~7 exact Hessians and Cholesky factorizations per fit); where bf16 GEMMs are
-fast (AMX) the Hessians are built in bf16 (:data:`BF16_HESSIANS`). Nothing in it is CPU-specific
-(``device=``). See bench/probe_sweep.py.
+batched solve wins most for many narrow sites (heads, d=64) and less for wide ones (d=576, n=800:
+each fit needs a few exact Hessians and their Cholesky factors; the other Newton steps run
+conjugate gradients preconditioned by the last factor); where bf16 GEMMs are fast (AMX) the
+Hessians are built in bf16 (:data:`BF16_HESSIANS`), and on a CPU two solves run at once
+(:data:`SOLVE_WORKERS`). Nothing in it is CPU-specific (``device=``). See bench/probe_sweep.py.
 """
 
 from __future__ import annotations
