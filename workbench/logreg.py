@@ -78,17 +78,18 @@ def fit_logreg_batched(
                 H = torch.bmm((XhT if hd == hdt else Xs.mT) * wt.to(hd)[:, None, :],
                               XhT.mT if hd == hdt else Xs).to(dt)  # [s, d+1, d+1], the costly part
                 H.diagonal(dim1=1, dim2=2).add_(reg)
-                L, info = torch.linalg.cholesky_ex(H)
-                if bool((info != 0).any()):  # numerically indefinite (low precision, d > n): next dtype
-                    L = None
-                elif hd == dt:
-                    step, zd = -solve(L, g), None
+                factor, info = torch.linalg.cholesky_ex(H)
+                L = None if bool((info != 0).any()) else factor  # indefinite (low precision, d > n): next dtype
+                if L is None:
+                    continue
+                if hd == dt:
+                    step, zd = -solve(factor, g), None
                     break
-                else:  # the low-precision factor preconditions CG on the exact Hessian
-                    step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
-                    if bool(ok_cg.all()):
-                        break
-                    step = None
+                # the low-precision factor preconditions CG on the exact Hessian
+                step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=factor: solve(L, r), cg_rtol, cg_steps)
+                if bool(ok_cg.all()):
+                    break
+                step = None
             if step is None:  # indefinite even in X's dtype: solve the exact Hessian in float64
                 step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
         slope = (g * step).sum(1)  # directional derivative (< 0)
