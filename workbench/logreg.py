@@ -75,8 +75,8 @@ def fit_logreg_batched(
                 step = None
         if step is None:  # a new Hessian: in hdt, and exactly where hdt's rounding spoils it
             for hd in dict.fromkeys((hdt, dt)):
-                H = torch.bmm((XhT if hd == hdt else Xs.mT) * wt.to(hd)[:, None, :],
-                              XhT.mT if hd == hdt else Xs).to(dt)  # [s, d+1, d+1], the costly part
+                XT = XhT if hd == hdt else Xs.mT  # [s, d+1, n] in hd
+                H = torch.bmm(XT * wt.to(hd)[:, None, :], XT.mT).to(dt)  # [s, d+1, d+1], the costly part
                 H.diagonal(dim1=1, dim2=2).add_(reg)
                 factor, info = torch.linalg.cholesky_ex(H)
                 L = None if bool((info != 0).any()) else factor  # indefinite (low precision, d > n): next dtype

@@ -271,9 +271,8 @@ def probe_sweep(
             trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
             return lambda: _torch_scores(Xall[:, trt], y[tr], [Xall[:, tet]], l2, dtype)
 
-        cells = [(idx, te) for idx in groups for _, te in folds]
-        fits = _solve_all([solve(Xall, tr, te) for Xall in stacked for tr, te in folds], device)
-        for (idx, te), (sc,) in zip(cells, fits):
+        cells = [(idx, te, solve(Xall, tr, te)) for idx, Xall in zip(groups, stacked) for tr, te in folds]
+        for (idx, te, _), (sc,) in zip(cells, _solve_all([job for *_, job in cells], device)):
             scores[np.ix_(np.asarray(idx), te)] = sc.double().cpu().numpy()
     elif method == "sklearn":
         for tr, te in folds:
