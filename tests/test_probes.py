@@ -248,6 +248,12 @@ def test_weighted_auroc_equals_explicit_resampling():
         for b in range(5):
             assert got[s, b] == pytest.approx(roc_auc_score(y[idx[b]], scores[s, idx[b]]), abs=1e-12)
     np.testing.assert_allclose(untied[0], got[0], atol=1e-12)
+    # weights that are no integers take the float64 sums: sklearn's sample-weighted AUROC
+    frac = counts * rng.uniform(0.5, 1.5, size=counts.shape)
+    got = auroc_weighted(scores, y, frac)
+    for s in range(2):
+        for b in range(5):
+            assert got[s, b] == pytest.approx(roc_auc_score(y, scores[s], sample_weight=frac[b]), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- baselines and dims
