@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from workbench.logreg import fit_logreg_batched, standardize
+from workbench.logreg import cholesky_lower, fit_logreg_batched, standardize
 
 
 def test_solver_reaches_sklearn_optimum():
@@ -57,14 +57,15 @@ def test_pcg_solves_with_a_stale_preconditioner():
 
 
 def test_cg_steps_and_bf16_hessians_keep_the_optimum():
-    """With conjugate-gradient steps off (a new Hessian every iteration), on (the default) and with
-    bf16 Hessians, the solver lands on the same optimum as sklearn on a d ~ n problem."""
+    """With conjugate-gradient steps off (a new Hessian every iteration), on (the default, with its
+    forcing term), on with a fixed tolerance, and with bf16 Hessians, the solver lands on the same
+    optimum as sklearn on a d ~ n problem."""
     g = torch.Generator().manual_seed(1)
     n, d = 200, 120
     y = (torch.rand(n, generator=g) < 0.5).long()
     X = torch.randn(2, n, d, generator=g) + 0.3 * y[None, :, None]
     ref = [LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[s].double().numpy(), y.numpy()) for s in range(2)]
-    for kw in ({"cg_steps": 0}, {}, {"hessian_dtype": torch.bfloat16}):
+    for kw in ({"cg_steps": 0}, {}, {"forcing": 0.0}, {"hessian_dtype": torch.bfloat16}):
         w, b = fit_logreg_batched(X, y, tol=1e-8, **kw)
         for s in range(2):
             np.testing.assert_allclose(w[s].numpy(), ref[s].coef_[0], atol=2e-4)
@@ -89,3 +90,63 @@ def test_bf16_hessians_on_more_features_than_examples():
         w, b = fit_logreg_batched(Z, y, hessian_dtype=torch.bfloat16)  # the default tolerance
     np.testing.assert_allclose(w[0].numpy(), ref.coef_[0], atol=1e-3)
     np.testing.assert_allclose(float(b[0]), ref.intercept_[0], atol=1e-3)
+
+
+def test_sites_fitted_together_equal_sites_fitted_alone():
+    """Sites that converge at different iterations (signal strength 0 .. 3) leave the batch in
+    groups (finished rows ride along frozen until a quarter has finished): each site's solution
+    equals the one it gets alone."""
+    g = torch.Generator().manual_seed(5)
+    n, d, S = 240, 30, 7
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    strength = torch.linspace(0, 3, S, dtype=torch.float64)
+    X = torch.randn(S, n, d, generator=g, dtype=torch.float64)
+    X[:, :, 0] += strength[:, None] * (2 * y - 1)
+    w, b = fit_logreg_batched(X, y, tol=1e-10)
+    for s in range(S):
+        w1, b1 = fit_logreg_batched(X[s:s + 1], y, tol=1e-10)
+        np.testing.assert_allclose(w[s].numpy(), w1[0].numpy(), atol=1e-6)  # (batch-wide Hessian rebuilds:
+        # other preconditioners, the same optimum to the tolerance)
+        assert float(b[s]) == pytest.approx(float(b1[0]), abs=1e-6)
+
+
+def test_cholesky_lower_equals_torch():
+    """The in-place LAPACK factorization: the lower triangle equals torch.linalg.cholesky's, the
+    triangular solves that read it agree, an indefinite matrix reports info > 0; a non-contiguous
+    input takes torch's own path."""
+    g = torch.Generator().manual_seed(0)
+    for dt in (torch.float32, torch.float64):
+        A = torch.randn(3, 80, 40, generator=g, dtype=dt)
+        H = A.mT @ A + torch.eye(40, dtype=dt)
+        H[1] = -H[1]  # indefinite
+        ref, ref_info = torch.linalg.cholesky_ex(H)
+        L, info = cholesky_lower(H.clone())
+        assert info.tolist()[0] == 0 and info.tolist()[2] == 0 and info.tolist()[1] > 0
+        assert (info != 0).tolist() == (ref_info != 0).tolist()
+        tol = 1e-5 if dt == torch.float32 else 1e-12
+        for i in (0, 2):
+            np.testing.assert_allclose(L[i].tril().numpy(), ref[i].numpy(), atol=tol * 10)
+            b = torch.randn(40, 1, generator=g, dtype=dt)
+            x = torch.linalg.solve_triangular(L[i].mT, torch.linalg.solve_triangular(L[i], b, upper=False), upper=True)
+            np.testing.assert_allclose(x.numpy(), torch.cholesky_solve(b, ref[i]).numpy(), rtol=1e-4, atol=tol)
+        Lt, info_t = cholesky_lower(H.mT.contiguous().mT)  # column-major strides: torch's path
+        assert (info_t != 0).tolist() == (ref_info != 0).tolist()
+        np.testing.assert_allclose(Lt[0].numpy(), ref[0].numpy(), atol=tol * 10)
+
+
+def test_standardize_with_an_intercept_column():
+    """``intercept_column=True``: the same z-scores with a column of ones after them, and the
+    fit on it equals the fit that adds the column itself."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(2, 50, 6, generator=g) * torch.tensor([1.0, 100.0, 1e-3, 1.0, 5.0, 1.0]) + 3.0
+    X[:, :, 3] = 7.0  # a constant feature: std 1
+    Z, f = standardize(X, torch.float32)
+    Za, fa = standardize(X, torch.float32, intercept_column=True)
+    assert Za.shape == (2, 50, 7) and bool((Za[..., 6] == 1).all())
+    np.testing.assert_array_equal(Za[..., :6].numpy(), Z.numpy())
+    np.testing.assert_array_equal(fa(X[:, :5]).numpy(), f(X[:, :5]).numpy())
+    y = (torch.arange(50) % 3 == 0).long()
+    w, b = fit_logreg_batched(Z.double(), y, tol=1e-10)
+    wa, ba = fit_logreg_batched(Za.double(), y, tol=1e-10, intercept_column=True)
+    np.testing.assert_allclose(wa.numpy(), w.numpy(), atol=1e-10)
+    np.testing.assert_allclose(ba.numpy(), b.numpy(), atol=1e-10)

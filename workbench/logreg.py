@@ -5,27 +5,37 @@ group and fold; see its docstring for when it beats the sklearn loop.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import sys
 import warnings
+from collections.abc import Callable
 
 import torch
 
 
 def fit_logreg_batched(
     X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, tol: float = 1e-5, max_iter: int = 50,
-    hessian_dtype: torch.dtype | None = None, cg_rtol: float = 1e-2, cg_steps: int = 3,
+    hessian_dtype: torch.dtype | None = None, cg_rtol: float = 1e-2, cg_steps: int = 3, forcing: float = 1.0,
+    intercept_column: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit S independent L2 logistic regressions at once by damped Newton.
+    """Fit S independent L2 logistic regressions at once by damped (inexact) Newton.
 
     X: ``[S, n, d]`` (already standardized), y: ``[n]`` 0/1. Minimizes, per site,
     ``sum_i logloss_i + 0.5 * l2 * ||w||^2`` with an unpenalized intercept -- the optimum of
     sklearn's ``LogisticRegression(C=1/l2)``. The first iteration builds the exact Hessian
     ``[S, d+1, d+1]`` with one batched matmul and factors it (Cholesky); later iterations solve
     their Newton system by conjugate gradients on exact Hessian-vector products (two passes over
-    the data), preconditioned by the last factor, to ``cg_rtol`` within ``cg_steps`` steps -- and
-    build and factor a new Hessian only where that fails (the Hessian changes less and less as
-    Newton converges). Each step backtracks per site (Armijo). A site stops after a step whose
-    Newton decrement ``-g.step`` is below ``tol * n``. Converged sites drop out of the batch.
-    Returns ``(w [S, d], b [S])`` in X's dtype and device.
+    the data), preconditioned by the last factor, within ``cg_steps`` steps -- and build and
+    factor a new Hessian only where that fails (the Hessian changes less and less as Newton
+    converges; ``cg_steps=0``: a new Hessian every step). The system is solved to a relative residual of ``forcing * sqrt(|g| / |g_0|)``,
+    between ``cg_rtol`` and 0.5 (an inexact Newton method's forcing term: loose while far from the
+    optimum, tight near it; ``forcing=0``: always ``cg_rtol``). Each step backtracks per site
+    (Armijo). A site stops after a step whose Newton decrement ``-g.step`` is below ``tol * n``;
+    finished sites leave the batch once a quarter of it has finished. Returns ``(w [S, d], b [S])``
+    in X's dtype and device. ``intercept_column``: X is ``[S, n, d+1]`` whose last column is
+    ones (:func:`standardize` writes it so), fitted in place of a copy of X with that column.
 
     ``hessian_dtype`` (e.g. ``torch.bfloat16``, where matrix units make it several times faster:
     :func:`workbench._hardware.fast_bf16`) builds the Hessian in that precision; its factor then
@@ -36,7 +46,11 @@ def fit_logreg_batched(
         raise ValueError(f"l2 must be > 0 (the problem has no optimum on separable data), got {l2}")
     (S, n, d), dt, dev = X.shape, X.dtype, X.device
     y = y.to(dtype=dt, device=dev)
-    Xa = torch.cat([X, torch.ones(S, n, 1, dtype=dt, device=dev)], 2)  # [S, n, d+1]: intercept column
+    if intercept_column:
+        d -= 1
+        Xa = X
+    else:
+        Xa = torch.cat([X, torch.ones(S, n, 1, dtype=dt, device=dev)], 2)  # [S, n, d+1]: intercept column
     reg = torch.full((d + 1,), float(l2), dtype=dt, device=dev)
     reg[d] = 1e-6  # intercept unpenalized (tiny ridge on the Hessian only, for the Cholesky)
     theta, out = torch.zeros(S, d + 1, dtype=dt, device=dev), torch.zeros(S, d + 1, dtype=dt, device=dev)
@@ -46,39 +60,48 @@ def fit_logreg_batched(
         return torch.nn.functional.softplus(z).sum(1) - z @ y + 0.5 * l2 * (th[:, :d] ** 2).sum(1)
 
     hdt = hessian_dtype or dt
-    # [S, d+1, n]: the Hessian's copy of the data (in hdt, contiguous: a faster bf16 GEMM); fp32 uses X itself
-    XhTa = Xa.transpose(1, 2) if hdt == dt else Xa.transpose(1, 2).to(hdt).contiguous()
-    act, Xs, XhT = torch.arange(S, device=dev), Xa, XhTa
+    # [S, d+1, n]: the data transposed, contiguous, for X v: a batched matrix-vector product runs several
+    # times faster as (1 x m) @ (m x k) over a row-major operand than as (k x m) @ (m x 1)
+    XTa = Xa.transpose(1, 2).contiguous()
+    XhTa = XTa if hdt == dt else XTa.to(hdt)  # the Hessian's copy (bf16: a faster GEMM)
+    act, Xs, XTs, XhT = torch.arange(S, device=dev), Xa, XTa, XhTa  # the batch's sites and data
+    live = torch.ones(S, dtype=torch.bool, device=dev)  # batch rows still being fitted
 
     def solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (L L^T)^-1 b; cholesky_solve copies L each call
         return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, b[..., None], upper=False),
                                              upper=True)[..., 0]
 
-    z = torch.bmm(Xs, theta[:, :, None])[..., 0]
+    z = _rowvec(theta, XTs)
     f = loss(z, theta)
     L: torch.Tensor | None = None  # Cholesky factor of the last Hessian built: the preconditioner
+    g0 = torch.zeros(S, dtype=dt, device=dev)  # |gradient| at the start, per batch row
     stuck = 0
-    for _ in range(max_iter):
+    for it in range(max_iter):
         p = torch.sigmoid(z)
-        g = torch.bmm((p - y)[:, None, :], Xs)[:, 0]  # [s, d+1]
+        g = _rowvec(p - y, Xs)  # [s, d+1]
         g[:, :d] += l2 * theta[:, :d]
+        g = g if bool(live.all()) else torch.where(live[:, None], g, 0)  # finished rows: b = 0, step 0
+        gn = g.norm(dim=1)
+        if it == 0:
+            g0 = gn
+        rtol = (forcing * (gn / g0.clamp_min(torch.finfo(dt).tiny)).sqrt()).clamp(cg_rtol, 0.5)  # forcing term
         wt = p * (1 - p)
 
-        def hvp(v: torch.Tensor, Xs=Xs, wt=wt) -> tuple[torch.Tensor, torch.Tensor]:  # (H v [s, d+1], X v [s, n])
-            xv = torch.bmm(Xs, v[:, :, None])[..., 0]
-            return torch.bmm((wt * xv)[:, None, :], Xs)[:, 0] + reg * v, xv
+        def hvp(v: torch.Tensor, Xs=Xs, XTs=XTs, wt=wt) -> tuple[torch.Tensor, torch.Tensor]:  # (H v, X v)
+            xv = _rowvec(v, XTs)
+            return _rowvec(wt * xv, Xs) + reg * v, xv
 
         step, zd = None, None
-        if L is not None:  # the last factor as preconditioner: a few CG steps instead of a new Hessian
-            step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), cg_rtol, cg_steps)
+        if L is not None and cg_steps > 0:  # the last factor preconditions a few CG steps instead of a new Hessian
+            step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=L: solve(L, r), rtol, cg_steps)
             if not bool(ok_cg.all()):
                 step = None
         if step is None:  # a new Hessian: in hdt, and exactly where hdt's rounding spoils it
             for hd in dict.fromkeys((hdt, dt)):
-                XT = XhT if hd == hdt else Xs.mT  # [s, d+1, n] in hd
+                XT = XhT if hd == hdt else XTs  # [s, d+1, n] in hd
                 H = torch.bmm(XT * wt.to(hd)[:, None, :], XT.mT).to(dt)  # [s, d+1, d+1], the costly part
                 H.diagonal(dim1=1, dim2=2).add_(reg)
-                factor, info = torch.linalg.cholesky_ex(H)
+                factor, info = cholesky_lower(H)
                 L = None if bool((info != 0).any()) else factor  # indefinite (low precision, d > n): next dtype
                 if L is None:
                     continue
@@ -86,16 +109,18 @@ def fit_logreg_batched(
                     step, zd = -solve(factor, g), None
                     break
                 # the low-precision factor preconditions CG on the exact Hessian
-                step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=factor: solve(L, r), cg_rtol, cg_steps)
+                step, zd, ok_cg = _pcg(hvp, -g, lambda r, L=factor: solve(L, r), rtol, cg_steps)
                 if bool(ok_cg.all()):
                     break
                 step = None
             if step is None:  # indefinite even in X's dtype: solve the exact Hessian in float64
-                step = -torch.linalg.solve(H.double(), g.double()[..., None])[..., 0].to(dt)
+                H = torch.bmm(XTs.double() * wt.double()[:, None, :], XTs.double().mT)  # (H above was factored in place)
+                H.diagonal(dim1=1, dim2=2).add_(reg)
+                step = -torch.linalg.solve(H, g.double()[..., None])[..., 0].to(dt)
         slope = (g * step).sum(1)  # directional derivative (< 0)
         done = -slope < tol * n
         if zd is None:  # the step's logits (CG tracks them): linear in the step, no data pass per trial
-            zd = torch.bmm(Xs, step[:, :, None])[..., 0]
+            zd = _rowvec(step, XTs)
         t = torch.ones(len(act), dtype=dt, device=dev)
         ok = torch.ones(len(act), dtype=torch.bool, device=dev)  # (set by the first trial: the loop always runs)
         # the loss's rounding level (its sums run over terms of size |z|); a predicted decrease below it
@@ -109,31 +134,84 @@ def fit_logreg_batched(
             t = torch.where(ok, t, 0.5 * t)
         t = torch.where(ok, t, torch.zeros_like(t))  # no decrease found: stay
         done |= ~ok
-        stuck += int((~ok).sum())  # no decrease along a step predicted to decrease by more than rounding
+        stuck += int((~ok & live).sum())  # no decrease along a step predicted to decrease by more than rounding
         theta, z = theta + t[:, None] * step, z + t[:, None] * zd
         f = loss(z, theta)
-        if bool(done.any()):
-            out[act[done]] = theta[done]
-            keep = ~done
-            if not bool(keep.any()):
+        fin = done & live
+        if bool(fin.any()):
+            out[act[fin]] = theta[fin]
+            live &= ~fin
+            if not bool(live.any()):
                 break
-            act, theta, z, f = act[keep], theta[keep], z[keep], f[keep]
-            L = None if L is None else L[keep]
-            Xs = Xa[act]
-            XhT = Xs.mT if hdt == dt else XhTa[act]  # fp32: a view of Xs, not a second copy
+            if 4 * int(live.sum()) <= 3 * len(live):  # a quarter finished: compact (copies the data)
+                L = None if L is None else L[live]
+                act, theta, z, f, g0, live = act[live], theta[live], z[live], f[live], g0[live], live[live]
+                Xs, XTs = Xa[act], XTa[act]
+                XhT = XTs if hdt == dt else XhTa[act]
     else:
-        out[act] = theta
-        warnings.warn(f"fit_logreg_batched: {len(act)} of {S} probes not converged after {max_iter} Newton steps", stacklevel=2)
+        out[act[live]] = theta[live]
+        warnings.warn(f"fit_logreg_batched: {int(live.sum())} of {S} probes not converged after {max_iter} Newton "
+                      f"steps", stacklevel=2)
     if stuck:
         warnings.warn(f"fit_logreg_batched: the line search found no decrease for {stuck} of {S} probes, which "
                       f"stopped before the optimum", stacklevel=2)
     return out[:, :d], out[:, d]
 
 
-def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cholesky_lower(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors ``L [s, m, m]`` (``L L^T = H``) of symmetric positive definite ``H [s, m, m]``
+    and LAPACK's ``info [s]`` (0: success), like ``torch.linalg.cholesky_ex``. H is overwritten.
+
+    On a CPU whose torch exports LAPACK's potrf (MKL builds), each matrix is factored in place and
+    ``L`` is ``H``, whose strict upper triangle is left unspecified: what
+    ``torch.linalg.solve_triangular`` reads is its lower triangle only. ``cholesky_ex`` copies each
+    matrix and zeroes that triangle afterwards, which costs as much again as the factorization
+    (577 x 577 float32: 8.2 -> 5.1 ms for 5 matrices). Elsewhere: ``cholesky_ex``.
+    """
+    potrf = _potrf().get(H.dtype)
+    if potrf is None or H.device.type != "cpu" or not H.is_contiguous() or H.dim() != 3 or H.shape[0] == 0:
+        return torch.linalg.cholesky_ex(H)
+    s, m, _ = H.shape
+    info, n, uplo = ctypes.c_int(0), ctypes.c_int(m), ctypes.c_char(b"U")
+    out = torch.empty(s, dtype=torch.int32)
+    for i in range(s):  # row-major H is column-major H^T = H: its "U" factor (U^T U = H) is L, row-major
+        potrf(ctypes.byref(uplo), ctypes.byref(n), ctypes.c_void_p(H[i].data_ptr()), ctypes.byref(n),
+              ctypes.byref(info))
+        out[i] = info.value
+    return H, out
+
+
+@functools.cache
+def _potrf() -> dict[torch.dtype, Callable[..., None]]:
+    """LAPACK's spotrf_/dpotrf_ (32-bit integers) from torch's CPU library, checked on a 2 x 2 matrix;
+    {} where the library does not export them or they answer wrong."""
+    name = {"linux": "libtorch_cpu.so", "darwin": "libtorch_cpu.dylib"}.get(sys.platform)
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", name or "torch_cpu.dll"))
+        fns = {torch.float32: lib.spotrf_, torch.float64: lib.dpotrf_}
+    except (OSError, AttributeError):
+        return {}
+    for dt, fn in fns.items():
+        fn.restype = None
+        A = torch.tensor([[[4.0, 2.0], [2.0, 5.0]]], dtype=dt)
+        info, n, uplo = ctypes.c_int(-1), ctypes.c_int(2), ctypes.c_char(b"U")
+        fn(ctypes.byref(uplo), ctypes.byref(n), ctypes.c_void_p(A.data_ptr()), ctypes.byref(n), ctypes.byref(info))
+        if info.value != 0 or not torch.allclose(A[0].tril(), torch.tensor([[2.0, 0.0], [1.0, 2.0]], dtype=dt)):
+            return {}
+    return fns
+
+
+def _rowvec(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``v [s, m]`` times ``M [s, m, k]`` -> ``[s, k]``, per row."""
+    return torch.bmm(v[:, None, :], M)[:, 0]
+
+
+
+
+def _pcg(hvp, b: torch.Tensor, precond, rtol: float | torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preconditioned conjugate gradients for ``H x = b`` per row of ``b [s, m]`` (``hvp(v)`` =
     ``(H v, X v)``: the Hessian-vector product and the data times v, ``precond(r)`` ~ H^-1 r), from
-    ``x = precond(b)``, at most ``steps`` steps; a row stops once ``||b - H x|| <= rtol ||b||``.
+    ``x = precond(b)``, at most ``steps`` steps; a row stops once ``||b - H x|| <= rtol ||b||`` (rtol: a float or ``[s]``).
     Returns ``(x, X x, converged [s])``."""
     x = precond(b)
     hx, xx = hvp(x)
@@ -155,19 +233,25 @@ def _pcg(hvp, b: torch.Tensor, precond, rtol: float, steps: int) -> tuple[torch.
     return x, xx, r.norm(dim=1) <= goal
 
 
-def standardize(Xtr: torch.Tensor, dtype: torch.dtype):
+def standardize(Xtr: torch.Tensor, dtype: torch.dtype, intercept_column: bool = False):
     """z-scoring fitted on ``Xtr [S, n, d]`` like sklearn's StandardScaler (ddof=0; a feature
     whose variance is within float64 rounding of 0 gets std 1). Returns ``(Xtr standardized,
-    f)`` with ``f(x [S, m, d])`` -> standardized x, both in ``dtype``. Two-pass centering keeps
-    near-constant features exact in their own precision: ``x - mean`` is exact when x and mean
-    are close (Sterbenz)."""
-    n = Xtr.shape[1]
+    f)`` with ``f(x [S, m, d])`` -> standardized x ``[S, m, d]``, both in ``dtype``; with
+    ``intercept_column`` the standardized training data is ``[S, n, d+1]``, its last column ones
+    (what :func:`fit_logreg_batched` fits with ``intercept_column=True``: no copy to add it). Two-pass
+    centering keeps near-constant features exact in their own precision: ``x - mean`` is exact
+    when x and mean are close (Sterbenz)."""
+    S, n, d = Xtr.shape
     m1 = Xtr.mean(1, keepdim=True)
-    c = Xtr - m1
-    m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
-    c -= m2
-    var = (c * c).mean(1, keepdim=True).double()
+    out = torch.empty(S, n, d + int(intercept_column), dtype=Xtr.dtype, device=Xtr.device)
+    c = out[..., :d]
+    torch.sub(Xtr, m1, out=c)
+    var, m2 = torch.var_mean(c, 1, correction=0, keepdim=True)  # m2: rounding error of the first mean
+    var = var.double()
     eps, mu = torch.finfo(torch.float64).eps, m1.double() + m2.double()
     constant = var <= n * eps * var + (n * mu * eps) ** 2  # sklearn's _is_constant_feature
     sd = torch.where(constant, torch.ones_like(var), var.sqrt()).to(Xtr.dtype)
-    return (c / sd).to(dtype), lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)
+    c.sub_(m2).div_(sd)
+    if intercept_column:
+        out[..., d] = 1
+    return out.to(dtype), lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)

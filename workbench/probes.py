@@ -137,10 +137,10 @@ def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: fl
     :data:`BF16_HESSIANS` for sites at least :data:`BF16_MIN_WIDTH` wide), return logits ``[S, m]``
     per eval set."""
     keep_freed_memory()  # the solves allocate and free the same large blocks: no page faults each time
-    ztr, z = standardize(Xtr, dtype)
+    ztr, z = standardize(Xtr, dtype, intercept_column=True)
     bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
     hessian = torch.bfloat16 if bf16 and dtype == torch.float32 and Xtr.shape[2] >= BF16_MIN_WIDTH else None
-    w, b = fit_logreg_batched(ztr, torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian)
+    w, b = fit_logreg_batched(ztr, torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian, intercept_column=True)
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
 
