@@ -246,12 +246,13 @@ def standardize(Xtr: torch.Tensor, dtype: torch.dtype, intercept_column: bool = 
     out = torch.empty(S, n, d + int(intercept_column), dtype=Xtr.dtype, device=Xtr.device)
     c = out[..., :d]
     torch.sub(Xtr, m1, out=c)
-    var, m2 = torch.var_mean(c, 1, correction=0, keepdim=True)  # m2: rounding error of the first mean
-    var = var.double()
+    m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
+    c.sub_(m2)
+    var = (c * c).mean(1, keepdim=True).double()  # (torch.var_mean: 20x slower here)
     eps, mu = torch.finfo(torch.float64).eps, m1.double() + m2.double()
     constant = var <= n * eps * var + (n * mu * eps) ** 2  # sklearn's _is_constant_feature
     sd = torch.where(constant, torch.ones_like(var), var.sqrt()).to(Xtr.dtype)
-    c.sub_(m2).div_(sd)
+    c.div_(sd)
     if intercept_column:
         out[..., d] = 1
     return out.to(dtype), lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)
