@@ -29,9 +29,9 @@ def fit_logreg_batched(
     their Newton system by conjugate gradients on exact Hessian-vector products (two passes over
     the data), preconditioned by the last factor, within ``cg_steps`` steps -- and build and
     factor a new Hessian only where that fails (the Hessian changes less and less as Newton
-    converges; ``cg_steps=0``: a new Hessian every step). The system is solved to a relative residual of ``forcing * sqrt(|g| / |g_0|)``,
-    between ``cg_rtol`` and 0.5 (an inexact Newton method's forcing term: loose while far from the
-    optimum, tight near it; ``forcing=0``: always ``cg_rtol``). Each step backtracks per site
+    converges; ``cg_steps=0``: a new Hessian every step). Each system is solved to a relative
+    residual of ``forcing * sqrt(|g| / |g_0|)`` between ``cg_rtol`` and 0.5 (an inexact Newton
+    method's forcing term: loose far from the optimum, tight near it; ``forcing=0``: ``cg_rtol``). Each step backtracks per site
     (Armijo). A site stops after a step whose Newton decrement ``-g.step`` is below ``tol * n``;
     finished sites leave the batch once a quarter of it has finished. Returns ``(w [S, d], b [S])``
     in X's dtype and device. ``intercept_column``: X is ``[S, n, d+1]`` whose last column is
@@ -114,7 +114,8 @@ def fit_logreg_batched(
                     break
                 step = None
             if step is None:  # indefinite even in X's dtype: solve the exact Hessian in float64
-                H = torch.bmm(XTs.double() * wt.double()[:, None, :], XTs.double().mT)  # (H above was factored in place)
+                XT = XTs.double()  # (the H above was factored in place)
+                H = torch.bmm(XT * wt.double()[:, None, :], XT.mT)
                 H.diagonal(dim1=1, dim2=2).add_(reg)
                 step = -torch.linalg.solve(H, g.double()[..., None])[..., 0].to(dt)
         slope = (g * step).sum(1)  # directional derivative (< 0)
@@ -206,12 +207,13 @@ def _rowvec(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v[:, None, :], M)[:, 0]
 
 
-
-
-def _pcg(hvp, b: torch.Tensor, precond, rtol: float | torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pcg(
+    hvp, b: torch.Tensor, precond, rtol: float | torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preconditioned conjugate gradients for ``H x = b`` per row of ``b [s, m]`` (``hvp(v)`` =
     ``(H v, X v)``: the Hessian-vector product and the data times v, ``precond(r)`` ~ H^-1 r), from
-    ``x = precond(b)``, at most ``steps`` steps; a row stops once ``||b - H x|| <= rtol ||b||`` (rtol: a float or ``[s]``).
+    ``x = precond(b)``, at most ``steps`` steps; a row stops once ``||b - H x|| <= rtol ||b||``
+    (``rtol``: a float or one per row ``[s]``).
     Returns ``(x, X x, converged [s])``."""
     x = precond(b)
     hx, xx = hvp(x)
