@@ -243,7 +243,7 @@ def test_weighted_auroc_equals_explicit_resampling():
     idx = rng.integers(0, 60, size=(5, 60))
     counts = np.stack([np.bincount(r, minlength=60) for r in idx]).astype(float)
     got = auroc_weighted(scores, y, counts)
-    untied = auroc_weighted(scores[:1], y, counts)  # a chunk without ties takes the no-gather path
+    untied = auroc_weighted(scores[:1], y, counts)  # a chunk without ties takes the one-gather path
     for s in range(2):
         for b in range(5):
             assert got[s, b] == pytest.approx(roc_auc_score(y[idx[b]], scores[s, idx[b]]), abs=1e-12)

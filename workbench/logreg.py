@@ -10,15 +10,16 @@ import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 
 def fit_logreg_batched(
-    X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, tol: float = 1e-5, max_iter: int = 50,
+    X: torch.Tensor, y: torch.Tensor, l2: float | torch.Tensor = 1.0, tol: float = 1e-5, max_iter: int = 50,
     hessian_dtype: torch.dtype | None = None, cg_rtol: float = 1e-2, cg_steps: int = 3, forcing: float = 1.0,
-    intercept_column: bool = False,
+    intercept_column: bool = False, gram: torch.Tensor | None = None, XT: torch.Tensor | None = None,
+    XhT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit S independent L2 logistic regressions at once by damped (inexact) Newton.
 
@@ -41,29 +42,40 @@ def fit_logreg_batched(
     :func:`workbench._hardware.fast_bf16`) builds the Hessian in that precision; its factor then
     preconditions the same conjugate gradients on the exact Hessian, so that the gradient, the
     loss, the line search and the optimum stay those of X's dtype.
+
+    ``l2``: a float, or one penalty per site and feature ``[S, d]`` (all > 0): the penalty is then
+    ``0.5 * sum(l2 * w**2)`` (:func:`standardize_folds` needs it). What the caller may already hold
+    (with ``intercept_column``): ``gram`` = ``X^T X`` ``[S, d+1, d+1]`` in any precision, whence the
+    first Hessian (at w = 0 every example weighs 1/4) without a pass over the data; ``XT`` = X
+    transposed ``[S, d+1, n]`` contiguous, and ``XhT`` = ``XT`` in ``hessian_dtype``.
     """
-    if l2 <= 0:
-        raise ValueError(f"l2 must be > 0 (the problem has no optimum on separable data), got {l2}")
     (S, n, d), dt, dev = X.shape, X.dtype, X.device
-    y = y.to(dtype=dt, device=dev)
-    if intercept_column:
-        d -= 1
-        Xa = X
+    d -= int(intercept_column)
+    if isinstance(l2, torch.Tensor):
+        if l2.shape != (S, d) or not bool((l2 > 0).all()):
+            raise ValueError(f"l2 as a tensor must be [S, d] = [{S}, {d}] and > 0, got shape {tuple(l2.shape)}")
+        lam = l2.to(dtype=dt, device=dev)
+    elif l2 <= 0:
+        raise ValueError(f"l2 must be > 0 (the problem has no optimum on separable data), got {l2}")
     else:
-        Xa = torch.cat([X, torch.ones(S, n, 1, dtype=dt, device=dev)], 2)  # [S, n, d+1]: intercept column
-    reg = torch.full((d + 1,), float(l2), dtype=dt, device=dev)
-    reg[d] = 1e-6  # intercept unpenalized (tiny ridge on the Hessian only, for the Cholesky)
+        lam = torch.full((S, d), float(l2), dtype=dt, device=dev)
+    if (gram is not None or XT is not None or XhT is not None) and not intercept_column:
+        raise ValueError("gram / XT / XhT describe X with its intercept column: pass intercept_column=True")
+    y = y.to(dtype=dt, device=dev)
+    Xa = X if intercept_column else torch.cat([X, torch.ones(S, n, 1, dtype=dt, device=dev)], 2)  # [S, n, d+1]
+    # the Hessian's ridge [S, d+1]: the intercept unpenalized (a tiny ridge on the Hessian only, for the Cholesky)
+    reg = torch.cat([lam, torch.full((S, 1), 1e-6, dtype=dt, device=dev)], 1)
     theta, out = torch.zeros(S, d + 1, dtype=dt, device=dev), torch.zeros(S, d + 1, dtype=dt, device=dev)
     slack = 1e-6 if dt in (torch.float32, torch.float16, torch.bfloat16) else 1e-12  # Armijo rounding allowance
 
     def loss(z: torch.Tensor, th: torch.Tensor) -> torch.Tensor:  # z [s, n] logits -> [s]
-        return torch.nn.functional.softplus(z).sum(1) - z @ y + 0.5 * l2 * (th[:, :d] ** 2).sum(1)
+        return torch.nn.functional.softplus(z).sum(1) - z @ y + 0.5 * (lam * th[:, :d] ** 2).sum(1)
 
     hdt = hessian_dtype or dt
     # [S, d+1, n]: the data transposed, contiguous, for X v: a batched matrix-vector product runs several
     # times faster as (1 x m) @ (m x k) over a row-major operand than as (k x m) @ (m x 1)
-    XTa = Xa.transpose(1, 2).contiguous()
-    XhTa = XTa if hdt == dt else XTa.to(hdt)  # the Hessian's copy (bf16: a faster GEMM)
+    XTa = Xa.transpose(1, 2).contiguous() if XT is None else XT
+    XhTa = XTa if hdt == dt else XTa.to(hdt) if XhT is None else XhT  # the Hessian's copy (bf16: a faster GEMM)
     act, Xs, XTs, XhT = torch.arange(S, device=dev), Xa, XTa, XhTa  # the batch's sites and data
     live = torch.ones(S, dtype=torch.bool, device=dev)  # batch rows still being fitted
 
@@ -79,7 +91,7 @@ def fit_logreg_batched(
     for it in range(max_iter):
         p = torch.sigmoid(z)
         g = _rowvec(p - y, Xs)  # [s, d+1]
-        g[:, :d] += l2 * theta[:, :d]
+        g[:, :d] += lam * theta[:, :d]
         g = g if bool(live.all()) else torch.where(live[:, None], g, 0)  # finished rows: b = 0, step 0
         gn = g.norm(dim=1)
         if it == 0:
@@ -99,7 +111,10 @@ def fit_logreg_batched(
         if step is None:  # a new Hessian: in hdt, and exactly where hdt's rounding spoils it
             for hd in dict.fromkeys((hdt, dt)):
                 XT = XhT if hd == hdt else XTs  # [s, d+1, n] in hd
-                H = torch.bmm(XT * wt.to(hd)[:, None, :], XT.mT).to(dt)  # [s, d+1, d+1], the costly part
+                if it == 0 and gram is not None and hd == hdt:  # w = 0: every weight is 1/4
+                    H = gram.to(dt, copy=True).mul_(0.25)
+                else:
+                    H = torch.bmm(XT * wt.to(hd)[:, None, :], XT.mT).to(dt)  # [s, d+1, d+1], the costly part
                 H.diagonal(dim1=1, dim2=2).add_(reg)
                 factor, info = cholesky_lower(H)
                 L = None if bool((info != 0).any()) else factor  # indefinite (low precision, d > n): next dtype
@@ -146,7 +161,8 @@ def fit_logreg_batched(
                 break
             if 4 * int(live.sum()) <= 3 * len(live):  # a quarter finished: compact (copies the data)
                 L = None if L is None else L[live]
-                act, theta, z, f, g0, live = act[live], theta[live], z[live], f[live], g0[live], live[live]
+                act, theta, z, f, g0, lam, reg = act[live], theta[live], z[live], f[live], g0[live], lam[live], reg[live]
+                live = live[live]
                 Xs, XTs = Xa[act], XTa[act]
                 XhT = XTs if hdt == dt else XhTa[act]
     else:
@@ -258,3 +274,47 @@ def standardize(Xtr: torch.Tensor, dtype: torch.dtype, intercept_column: bool = 
     if intercept_column:
         out[..., d] = 1
     return out.to(dtype), lambda x: ((x.to(Xtr.dtype) - m1 - m2) / sd).to(dtype)
+
+
+def standardize_folds(
+    X: torch.Tensor, sizes: Sequence[int], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-scoring for K-fold cross-validation, done once instead of once per fold.
+
+    ``X [S, N, d]`` holds the rows of fold k (held out by fold k's probe) at positions
+    ``sum(sizes[:k]) .. sum(sizes[:k+1])``. sklearn's pipeline z-scores each fold's training rows
+    with their own mean ``mu_k`` and std ``sd_k`` (its constant-feature rule: std 1). Returns
+    ``Z [S, N, d+1]`` in ``dtype``: ``(X - m) / s`` with all rows' mean and std (same rule), its
+    last column ones, and ``scale [K, S, d]`` (float64) = ``sd_k / s``. Fold k's probe is then the
+    fit of Z's training rows with the per-feature penalty ``l2 * scale[k]**2``: as
+    ``(X - mu_k) / sd_k = Z / scale + const``, its logits ``Z u + b`` on any row are the pipeline's
+    (``u = w / scale``, the constant moved into the intercept), the same optimization problem in
+    other coordinates. Two-pass centering in X's precision like :func:`standardize`; the folds'
+    statistics come from per-fold sums in float64.
+    """
+    S, N, d = X.shape
+    if sum(sizes) != N or min(sizes) < 1:
+        raise ValueError(f"fold sizes {list(sizes)} must be positive and sum to N={N}")
+    f64, eps = torch.float64, torch.finfo(torch.float64).eps
+    m1 = X.mean(1, keepdim=True)
+    out = torch.empty(S, N, d + 1, dtype=X.dtype, device=X.device)
+    c = out[..., :d]
+    torch.sub(X, m1, out=c)
+    m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
+    c.sub_(m2)
+    mu0 = (m1.double() + m2.double())[:, 0]  # [S, d]
+    s1 = torch.stack([b.sum(1, dtype=f64) for b in c.split(list(sizes), 1)])  # [K, S, d]: sums of x - mu0
+    s2 = torch.stack([(b * b).sum(1, dtype=f64) for b in c.split(list(sizes), 1)])  # and of their squares
+
+    def std(t1: torch.Tensor, t2: torch.Tensor, n: torch.Tensor) -> torch.Tensor:  # sklearn's std from the sums
+        mean = t1 / n
+        var = (t2 / n - mean * mean).clamp_min(0)
+        constant = var <= n * eps * var + (n * (mu0 + mean) * eps) ** 2  # sklearn's _is_constant_feature
+        return torch.where(constant, torch.ones_like(var), var.sqrt())
+
+    n_k = torch.tensor(list(sizes), dtype=f64, device=X.device)[:, None, None]
+    s = std(s1.sum(0), s2.sum(0), n_k.sum())  # [S, d]
+    scale = std(s1.sum(0) - s1, s2.sum(0) - s2, N - n_k) / s  # [K, S, d]: each fold's training rows
+    c.div_(s[:, None].to(X.dtype))
+    out[..., d] = 1
+    return out.to(dtype), scale

@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from ._allocator import keep_freed_memory
 from ._hardware import fast_bf16
-from .logreg import fit_logreg_batched, standardize
+from .logreg import fit_logreg_batched, standardize, standardize_folds
 from .sites import is_head_site, split_site
 from .stats import score_metrics
 
@@ -111,7 +111,7 @@ def _check(features: Mapping[str, torch.Tensor], labels, n_folds: int | None = N
             raise ValueError(f"site {name!r}: expected shape [N, d], got {tuple(x.shape)}{hint}")
         if x.shape[0] != len(y):
             raise ValueError(f"site {name!r} has N={x.shape[0]} rows but labels has N={len(y)}")
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # (a sum overflows only rarely)
             raise ValueError(f"site {name!r} contains NaN or inf values")
     return list(features), y
 
@@ -131,17 +131,50 @@ def _fold_index(folds: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.nd
     return fold_of
 
 
+def _hessian_dtype(X: torch.Tensor, dtype: torch.dtype) -> torch.dtype | None:
+    """bf16 for the Hessians per :data:`BF16_HESSIANS` of float32 sites at least :data:`BF16_MIN_WIDTH` wide."""
+    bf16 = fast_bf16(X.device) if BF16_HESSIANS is None else BF16_HESSIANS
+    return torch.bfloat16 if bf16 and dtype == torch.float32 and X.shape[2] >= BF16_MIN_WIDTH else None
+
+
 def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: float,
                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype`` (Hessians in bf16 per
-    :data:`BF16_HESSIANS` for sites at least :data:`BF16_MIN_WIDTH` wide), return logits ``[S, m]``
-    per eval set."""
+    """Standardize with train stats, fit all ``[S, n, d]`` probes in ``dtype`` (Hessians per
+    :func:`_hessian_dtype`), return logits ``[S, m]`` per eval set."""
     keep_freed_memory()  # the solves allocate and free the same large blocks: no page faults each time
     ztr, z = standardize(Xtr, dtype, intercept_column=True)
-    bf16 = fast_bf16(Xtr.device) if BF16_HESSIANS is None else BF16_HESSIANS
-    hessian = torch.bfloat16 if bf16 and dtype == torch.float32 and Xtr.shape[2] >= BF16_MIN_WIDTH else None
-    w, b = fit_logreg_batched(ztr, torch.as_tensor(ytr), l2=l2, hessian_dtype=hessian, intercept_column=True)
+    w, b = fit_logreg_batched(ztr, torch.as_tensor(ytr), l2=l2, hessian_dtype=_hessian_dtype(Xtr, dtype),
+                              intercept_column=True)
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
+
+
+def _torch_cv_scores(X: torch.Tensor, y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]], l2: float,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Out-of-fold logits ``[S, N]`` of the probes of ``X [S, N, d]`` on ``folds``, each fold
+    standardized with its training statistics like :func:`_torch_scores`, but the data prepared once
+    for all folds: rows sorted by fold, z-scored once (:func:`standardize_folds`: each fold's own
+    statistics become a per-feature penalty), transposed once, and every fold's first Hessian
+    (``X^T X / 4``) summed from per-fold Gram matrices -- each fold's training rows are two slabs."""
+    keep_freed_memory()
+    order = torch.as_tensor(np.concatenate([te for _, te in folds]), device=X.device)
+    sizes = [len(te) for _, te in folds]
+    bounds = np.cumsum([0, *sizes]).tolist()
+    Z, scale = standardize_folds(X.index_select(1, order), sizes, dtype)  # [S, N, d+1], [K, S, d]
+    ZT = Z.transpose(1, 2).contiguous()  # [S, d+1, N]
+    hdt = _hessian_dtype(X, dtype)
+    ZhT = ZT if hdt is None else ZT.to(hdt)
+    grams = torch.stack([torch.bmm(ZhT[..., a:b], ZhT[..., a:b].mT).to(dtype) for a, b in zip(bounds, bounds[1:])])
+    ys = torch.as_tensor(y, device=X.device)[order]
+    out = torch.empty(X.shape[0], X.shape[1], dtype=dtype, device=X.device)  # rows in X's order
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        def train(t: torch.Tensor, dim: int, a=a, b=b) -> torch.Tensor:  # rows outside [a, b) along dim
+            return torch.cat([t.narrow(dim, 0, a), t.narrow(dim, b, t.shape[dim] - b)], dim)
+
+        w, b0 = fit_logreg_batched(
+            train(Z, 1), train(ys, 0), l2=l2 * scale[k] ** 2, hessian_dtype=hdt, intercept_column=True,
+            gram=grams.sum(0) - grams[k], XT=train(ZT, 2), XhT=None if hdt is None else train(ZhT, 2))
+        out.index_copy_(1, order[a:b], torch.baddbmm(b0[:, None, None], w[:, None, :], ZT[:, :-1, a:b])[:, 0])
+    return out
 
 
 def _groups(names: Sequence[str], features: Mapping[str, torch.Tensor]) -> list[list[int]]:
@@ -265,15 +298,12 @@ def probe_sweep(
     if method == "torch":
         device = device or features[names[0]].device
         groups = _groups(names, features)
-        stacked = [_stack(features, [names[i] for i in idx], device) for idx in groups]  # [S, N, d] per group
 
-        def solve(Xall: torch.Tensor, tr: np.ndarray, te: np.ndarray) -> Callable[[], list[torch.Tensor]]:
-            trt, tet = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
-            return lambda: _torch_scores(Xall[:, trt], y[tr], [Xall[:, tet]], l2, dtype)
+        def solve(idx: list[int]) -> Callable[[], torch.Tensor]:
+            return lambda: _torch_cv_scores(_stack(features, [names[i] for i in idx], device), y, folds, l2, dtype)
 
-        cells = [(idx, te, solve(Xall, tr, te)) for idx, Xall in zip(groups, stacked) for tr, te in folds]
-        for (idx, te, _), (sc,) in zip(cells, _solve_all([job for *_, job in cells], device)):
-            scores[np.ix_(np.asarray(idx), te)] = sc.double().cpu().numpy()
+        for idx, sc in zip(groups, _solve_all([solve(idx) for idx in groups], device)):
+            scores[idx] = sc.double().cpu().numpy()
     elif method == "sklearn":
         for tr, te in folds:
             (sc,) = fit_predict(

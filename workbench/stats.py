@@ -26,45 +26,38 @@ def auroc_weighted(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np
     """AUROC of each score row under each example weighting (ties count 1/2).
 
     scores ``[S, N]``, y ``[N]`` 0/1, weights ``[B, N]`` (e.g. bootstrap counts) -> ``[S, B]``.
-    Sorts each site once; every weighting is then a cumulative sum of the negatives' weights in
-    that order. Integer weights small enough that every sum stays below 2**24 (bootstrap counts
-    up to N ~ 4000) are summed exactly in float32, others in float64.
+    Per site, the negatives are sorted once and every positive finds how many of them score below
+    it (``lo``) and at most as high (``hi``, binary search); under each weighting the numerator is
+    then ``sum_pos w_i * (C[lo_i] + C[hi_i]) / 2`` with ``C`` the cumulative weight of the sorted
+    negatives. Integer weights small enough that every sum stays below 2**24 (bootstrap counts up
+    to N ~ 4000) are summed exactly in float32, others in float64.
     """
     s = torch.as_tensor(scores, dtype=torch.float64)
     w = torch.as_tensor(weights, dtype=torch.float64)
     yy = torch.as_tensor(y) == 1
-    S, N = s.shape
-    B = w.shape[0]
+    S, B = s.shape[0], w.shape[0]
     exact32 = bool((w == w.round()).all()) and float(w.sum(1).max()) ** 2 < 2**24
     cdt = torch.float32 if exact32 else torch.float64
-    w = w.to(cdt)
-    ss, order = s.sort(dim=1)
-    pos = yy[order]  # [S, N]: the label at each sorted position
-    new = torch.ones(S, N, dtype=torch.bool)  # the first of its tie group
-    new[:, 1:] = ss[:, 1:] != ss[:, :-1]
-    tied = ~new.all(1)
+    sn, order = s[:, ~yy].sort(dim=1)  # [S, Nn]: the negatives' scores, ascending
+    sp = s[:, yy].contiguous()  # [S, Np]
+    lo = torch.searchsorted(sn, sp, side="left")  # negatives strictly below each positive
+    hi = torch.searchsorted(sn, sp, side="right")  # ... at or below
+    tied = (lo != hi).any(1)
+    wn, wp = w[:, ~yy].to(cdt), w[:, yy].to(cdt)  # [B, Nn], [B, Np]
+    Nn, Np = wn.shape[1], wp.shape[1]
     out = torch.empty(S, B, dtype=torch.float64)
-    chunk = max(1, 2**20 // (B * N))  # sites per pass: [s, B, N] blocks of about a million weights
+    chunk = max(1, 2**20 // (B * Nn))  # sites per pass: [s, B, Nn] blocks of about a million weights
     for a in range(0, S, chunk):
         b = min(S, a + chunk)
-        W = torch.gather(w.expand(b - a, B, N), 2, order[a:b, None, :].expand(b - a, B, N))  # [s, B, N] sorted
-        pa = pos[a:b, None, :]
-        C = torch.where(pa, 0, W).cumsum(2)  # negatives' weight at or below each position
-        if not bool(tied[a:b].any()):  # a positive's own position holds no negative weight: C counts those below
-            out[a:b] = torch.where(pa, W * C, 0).sum(2, dtype=cdt)
-            continue
-        ar = torch.arange(N).expand(b - a, N)
-        nw = new[a:b]
-        start = torch.where(nw, ar, torch.zeros_like(ar)).cummax(1).values  # first index of my tie group
-        last = torch.ones_like(nw)
-        last[:, :-1] = nw[:, 1:]
-        end = torch.where(last, ar, torch.full_like(ar, N)).flip(1).cummin(1).values.flip(1)  # last index
-        Cx = torch.nn.functional.pad(C, (1, 0))  # Cx[..., k]: negatives' weight before position k
-        below = Cx.gather(2, start[:, None, :].expand_as(W))
-        upto = Cx.gather(2, (end + 1)[:, None, :].expand_as(W))
-        out[a:b] = 0.5 * torch.where(pa, W * (below + upto), 0).sum(2, dtype=cdt)
-    wpos = (w * yy).sum(1, dtype=torch.float64)
-    return (out / (wpos * (w.sum(1, dtype=torch.float64) - wpos))).numpy()
+        C = torch.zeros(b - a, B, Nn + 1, dtype=cdt)  # C[..., k]: weight of the k lowest negatives
+        torch.cumsum(torch.gather(wn.expand(b - a, B, Nn), 2, order[a:b, None, :].expand(b - a, B, Nn)), 2,
+                     out=C[..., 1:])
+        below = C.gather(2, lo[a:b, None, :].expand(b - a, B, Np))  # [s, B, Np]
+        if bool(tied[a:b].any()):
+            below = 0.5 * (below + C.gather(2, hi[a:b, None, :].expand(b - a, B, Np)))
+        out[a:b] = (below * wp).sum(2, dtype=cdt)
+    wpos = wp.sum(1, dtype=torch.float64)
+    return (out / (wpos * wn.sum(1, dtype=torch.float64))).numpy()
 
 
 def score_metrics(
