@@ -112,7 +112,7 @@ def fit_logreg_batched(
             for hd in dict.fromkeys((hdt, dt)):
                 XT = XhT if hd == hdt else XTs  # [s, d+1, n] in hd
                 if it == 0 and gram is not None and hd == hdt:  # w = 0: every weight is 1/4
-                    H = gram.to(dt, copy=True).mul_(0.25)
+                    H = gram.to(dt).mul(0.25)
                 else:
                     H = torch.bmm(XT * wt.to(hd)[:, None, :], XT.mT).to(dt)  # [s, d+1, d+1], the costly part
                 H.diagonal(dim1=1, dim2=2).add_(reg)
@@ -235,15 +235,18 @@ def _pcg(
     hx, xx = hvp(x)
     r = b - hx
     goal = rtol * b.norm(dim=1)
+    live = r.norm(dim=1) > goal
+    if steps == 0 or not bool(live.any()):  # the preconditioned start is good enough
+        return x, xx, ~live
     zr = precond(r)
     d, rz = zr, (r * zr).sum(1)
-    for _ in range(steps):
-        live = r.norm(dim=1) > goal
-        if not bool(live.any()):
-            break
+    for i in range(steps):
         Hd, Xd = hvp(d)
         alpha = torch.where(live, rz / (d * Hd).sum(1), torch.zeros_like(rz))  # converged rows stay
         x, xx, r = x + alpha[:, None] * d, xx + alpha[:, None] * Xd, r - alpha[:, None] * Hd
+        live = r.norm(dim=1) > goal
+        if i == steps - 1 or not bool(live.any()):  # (no preconditioning for a step not taken)
+            break
         zr = precond(r)
         rz_new = (r * zr).sum(1)
         d = torch.where(live[:, None], zr + (rz_new / rz)[:, None] * d, d)

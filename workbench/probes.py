@@ -164,6 +164,7 @@ def _torch_cv_scores(X: torch.Tensor, y: np.ndarray, folds: Sequence[tuple[np.nd
     hdt = _hessian_dtype(X, dtype)
     ZhT = ZT if hdt is None else ZT.to(hdt)
     grams = torch.stack([torch.bmm(ZhT[..., a:b], ZhT[..., a:b].mT).to(dtype) for a, b in zip(bounds, bounds[1:])])
+    total = grams.sum(0)
     ys = torch.as_tensor(y, device=X.device)[order]
     out = torch.empty(X.shape[0], X.shape[1], dtype=dtype, device=X.device)  # rows in X's order
     for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
@@ -172,7 +173,7 @@ def _torch_cv_scores(X: torch.Tensor, y: np.ndarray, folds: Sequence[tuple[np.nd
 
         w, b0 = fit_logreg_batched(
             train(Z, 1), train(ys, 0), l2=l2 * scale[k] ** 2, hessian_dtype=hdt, intercept_column=True,
-            gram=grams.sum(0) - grams[k], XT=train(ZT, 2), XhT=None if hdt is None else train(ZhT, 2))
+            gram=total - grams[k], XT=train(ZT, 2), XhT=None if hdt is None else train(ZhT, 2))
         out.index_copy_(1, order[a:b], torch.baddbmm(b0[:, None, None], w[:, None, :], ZT[:, :-1, a:b])[:, 0])
     return out
 
