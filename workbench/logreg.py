@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import sys
 import warnings
@@ -288,12 +289,13 @@ def standardize_folds(
     ``sum(sizes[:k]) .. sum(sizes[:k+1])``. sklearn's pipeline z-scores each fold's training rows
     with their own mean ``mu_k`` and std ``sd_k`` (its constant-feature rule: std 1). Returns
     ``Z [S, N, d+1]`` in ``dtype``: ``(X - m) / s`` with all rows' mean and std (same rule), its
-    last column ones, and ``scale [K, S, d]`` (float64) = ``sd_k / s``. Fold k's probe is then the
+    last column ones (``m`` is the mean in X's precision: any centre will do, the intercept absorbs
+    it), and ``scale [K, S, d]`` (float64) = ``sd_k / s``. Fold k's probe is then the
     fit of Z's training rows with the per-feature penalty ``l2 * scale[k]**2``: as
     ``(X - mu_k) / sd_k = Z / scale + const``, its logits ``Z u + b`` on any row are the pipeline's
     (``u = w / scale``, the constant moved into the intercept), the same optimization problem in
-    other coordinates. Two-pass centering in X's precision like :func:`standardize`; the folds'
-    statistics come from per-fold sums in float64.
+    other coordinates. The statistics come from per-fold sums of ``x - m`` and its square (one
+    matrix product each), in X's precision like :func:`standardize`'s, combined in float64.
     """
     S, N, d = X.shape
     if sum(sizes) != N or min(sizes) < 1:
@@ -302,12 +304,13 @@ def standardize_folds(
     m1 = X.mean(1, keepdim=True)
     out = torch.empty(S, N, d + 1, dtype=X.dtype, device=X.device)
     c = out[..., :d]
-    torch.sub(X, m1, out=c)
-    m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
-    c.sub_(m2)
-    mu0 = (m1.double() + m2.double())[:, 0]  # [S, d]
-    s1 = torch.stack([b.sum(1, dtype=f64) for b in c.split(list(sizes), 1)])  # [K, S, d]: sums of x - mu0
-    s2 = torch.stack([(b * b).sum(1, dtype=f64) for b in c.split(list(sizes), 1)])  # and of their squares
+    torch.sub(X, m1, out=c)  # x - m1, exact for x near m1 (Sterbenz); m1's own rounding is in the sums below
+    member = torch.zeros(len(sizes), N, dtype=X.dtype, device=X.device)  # [K, N]: fold k's rows
+    for k, (lo, hi) in enumerate(itertools.pairwise(itertools.accumulate(sizes, initial=0))):
+        member[k, lo:hi] = 1
+    s1 = torch.matmul(member, c).to(f64).transpose(0, 1)  # [K, S, d]: per-fold sums of x - m1
+    s2 = torch.matmul(member, c * c).to(f64).transpose(0, 1)  # and of their squares
+    mu0 = m1.to(f64)[:, 0]  # [S, d]
 
     def std(t1: torch.Tensor, t2: torch.Tensor, n: torch.Tensor) -> torch.Tensor:  # sklearn's std from the sums
         mean = t1 / n

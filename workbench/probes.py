@@ -148,25 +148,30 @@ def _torch_scores(Xtr: torch.Tensor, ytr, Xevals: Sequence[torch.Tensor], l2: fl
     return [torch.bmm(z(xe), w[:, :, None])[..., 0] + b[:, None] for xe in Xevals]
 
 
-def _torch_cv_scores(X: torch.Tensor, y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]], l2: float,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Out-of-fold logits ``[S, N]`` of the probes of ``X [S, N, d]`` on ``folds``, each fold
+def _torch_cv_scores(features: Mapping[str, torch.Tensor], names: Sequence[str], y: np.ndarray,
+                     folds: Sequence[tuple[np.ndarray, np.ndarray]], l2: float, dtype: torch.dtype,
+                     device: str | torch.device) -> torch.Tensor:
+    """Out-of-fold logits ``[S, N]`` of the probes of ``features``' sites ``names`` on ``folds``, each fold
     standardized with its training statistics like :func:`_torch_scores`, but the data prepared once
-    for all folds: rows sorted by fold, z-scored once (:func:`standardize_folds`: each fold's own
-    statistics become a per-feature penalty), transposed once, and every fold's first Hessian
-    (``X^T X / 4``) summed from per-fold Gram matrices -- each fold's training rows are two slabs."""
+    for all folds: rows gathered in fold order, z-scored once (:func:`standardize_folds`: each
+    fold's own statistics become a per-feature penalty), transposed once, and every fold's first
+    Hessian (``X^T X / 4``) summed from per-fold Gram matrices; a fold's training rows are then
+    two slabs (copied into one, faster than solving on views)."""
     keep_freed_memory()
-    order = torch.as_tensor(np.concatenate([te for _, te in folds]), device=X.device)
+    order = torch.as_tensor(np.concatenate([te for _, te in folds]), device=device)
     sizes = [len(te) for _, te in folds]
     bounds = np.cumsum([0, *sizes]).tolist()
-    Z, scale = standardize_folds(X.index_select(1, order), sizes, dtype)  # [S, N, d+1], [K, S, d]
-    ZT = Z.transpose(1, 2).contiguous()  # [S, d+1, N]
+    X = _stack(features, names, device, rows=order)  # [S, N, d], rows sorted by fold
     hdt = _hessian_dtype(X, dtype)
+    Z, scale = standardize_folds(X, sizes, dtype)  # [S, N, d+1], [K, S, d]
+    del X
+    ZT = Z.transpose(1, 2).contiguous()  # [S, d+1, N]
     ZhT = ZT if hdt is None else ZT.to(hdt)
-    grams = torch.stack([torch.bmm(ZhT[..., a:b], ZhT[..., a:b].mT).to(dtype) for a, b in zip(bounds, bounds[1:])])
+    blocks = (ZhT[..., a:b].contiguous() for a, b in zip(bounds, bounds[1:]))  # (a GEMM on a view: slower)
+    grams = torch.stack([torch.bmm(blk, blk.mT).to(dtype) for blk in blocks])  # [K, S, d+1, d+1]
     total = grams.sum(0)
-    ys = torch.as_tensor(y, device=X.device)[order]
-    out = torch.empty(X.shape[0], X.shape[1], dtype=dtype, device=X.device)  # rows in X's order
+    ys = torch.as_tensor(y, device=device)[order]
+    out = torch.empty(len(names), len(y), dtype=dtype, device=device)  # examples in the features' order
     for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         def train(t: torch.Tensor, dim: int, a=a, b=b) -> torch.Tensor:  # rows outside [a, b) along dim
             return torch.cat([t.narrow(dim, 0, a), t.narrow(dim, b, t.shape[dim] - b)], dim)
@@ -206,12 +211,24 @@ def _solve_all(jobs: Sequence[Callable[[], T]], device) -> list[T]:
         torch.set_num_threads(threads)
 
 
-def _stack(features: Mapping[str, torch.Tensor], names: Sequence[str], device) -> torch.Tensor:
-    """``[S, N, d]`` in the sites' own precision (at least float32): standardization needs it."""
+def _stack(features: Mapping[str, torch.Tensor], names: Sequence[str], device,
+           rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``[S, N, d]`` in the sites' own precision (at least float32): standardization needs it.
+    ``rows``: only these rows, in this order (one copy)."""
     dt = torch.float32
     for s in names:
         dt = torch.promote_types(dt, features[s].dtype)
-    return torch.stack([features[s].detach().to(device=device, dtype=dt) for s in names])
+    if rows is None:
+        return torch.stack([features[s].detach().to(device=device, dtype=dt) for s in names])
+    first = features[names[0]]
+    out = torch.empty(len(names), len(rows), first.shape[1], dtype=dt, device=device)
+    for i, s in enumerate(names):
+        x = features[s].detach().to(device=device)
+        if x.dtype == dt:
+            torch.index_select(x, 0, rows.to(x.device), out=out[i])
+        else:
+            out[i] = x.index_select(0, rows.to(x.device))
+    return out
 
 
 def fit_predict(
@@ -301,7 +318,7 @@ def probe_sweep(
         groups = _groups(names, features)
 
         def solve(idx: list[int]) -> Callable[[], torch.Tensor]:
-            return lambda: _torch_cv_scores(_stack(features, [names[i] for i in idx], device), y, folds, l2, dtype)
+            return lambda: _torch_cv_scores(features, [names[i] for i in idx], y, folds, l2, dtype, device)
 
         for idx, sc in zip(groups, _solve_all([solve(idx) for idx in groups], device)):
             scores[idx] = sc.double().cpu().numpy()
