@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from workbench.logreg import cholesky_lower, fit_logreg_batched, standardize
+from workbench.logreg import cholesky_lower, fit_logreg_batched, standardize, standardize_folds
 
 
 def test_solver_reaches_sklearn_optimum():
@@ -150,3 +152,83 @@ def test_standardize_with_an_intercept_column():
     wa, ba = fit_logreg_batched(Za.double(), y, tol=1e-10, intercept_column=True)
     np.testing.assert_allclose(wa.numpy(), w.numpy(), atol=1e-10)
     np.testing.assert_allclose(ba.numpy(), b.numpy(), atol=1e-10)
+
+
+def test_per_feature_penalty_equals_rescaled_features():
+    """``l2`` as ``[S, d]``: the penalty ``0.5 * sum(l2_j w_j^2)`` is sklearn's unit penalty on the
+    features divided by ``sqrt(l2_j)`` (coefficients scaled back); bad shapes and signs are refused."""
+    g = torch.Generator().manual_seed(4)
+    n, d = 200, 8
+    y = (torch.rand(n, generator=g) < 0.4).long()
+    X = torch.randn(2, n, d, generator=g, dtype=torch.float64) + 0.5 * y[None, :, None]
+    lam = torch.rand(2, d, generator=g, dtype=torch.float64) * 4 + 0.1
+    w, b = fit_logreg_batched(X, y, l2=lam, tol=1e-10)
+    for s in range(2):
+        ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit((X[s] / lam[s].sqrt()).numpy(), y.numpy())
+        np.testing.assert_allclose((w[s] * lam[s].sqrt()).numpy(), ref.coef_[0], atol=1e-5)
+        np.testing.assert_allclose(float(b[s]), ref.intercept_[0], atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[S, d\]"):
+        fit_logreg_batched(X, y, l2=lam[:, :3])
+    with pytest.raises(ValueError, match="> 0"):
+        fit_logreg_batched(X, y, l2=lam - 10)
+
+
+def test_gram_and_transposed_data_give_the_same_fit():
+    """The first Hessian from a given ``X^T X`` (in bf16 or float32) and the caller's transposed
+    copies land where the solver's own land; they need the intercept column."""
+    g = torch.Generator().manual_seed(6)
+    n, d = 300, 40
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    X = torch.randn(3, n, d, generator=g) + 0.4 * y[None, :, None]
+    Xa = torch.cat([X, torch.ones(3, n, 1)], 2)
+    XT = Xa.transpose(1, 2).contiguous()
+    w0, b0 = fit_logreg_batched(Xa, y, tol=1e-9, intercept_column=True)
+    for hdt in (None, torch.bfloat16):
+        XhT = XT if hdt is None else XT.to(hdt)
+        w, b = fit_logreg_batched(Xa, y, tol=1e-9, intercept_column=True, hessian_dtype=hdt,
+                                  gram=torch.bmm(XhT, XhT.mT), XT=XT, XhT=XhT)
+        np.testing.assert_allclose(w.numpy(), w0.numpy(), atol=2e-4)
+        np.testing.assert_allclose(b.numpy(), b0.numpy(), atol=2e-4)
+    # one exact Newton step from zero (no conjugate gradients to mend a wrong first Hessian) is the same
+    with pytest.warns(UserWarning, match="not converged"):
+        w1, _ = fit_logreg_batched(Xa, y, max_iter=1, cg_steps=0, intercept_column=True)
+    with pytest.warns(UserWarning, match="not converged"):
+        w1g, _ = fit_logreg_batched(Xa, y, max_iter=1, cg_steps=0, intercept_column=True, gram=torch.bmm(XT, XT.mT))
+    assert float((w1 - w0).abs().max()) > 1e-3  # (one step is not yet the optimum)
+    np.testing.assert_allclose(w1g.numpy(), w1.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="intercept_column"):
+        fit_logreg_batched(X, y, XT=XT)
+
+
+def test_standardize_folds_gives_each_folds_sklearn_pipeline():
+    """Z-scoring once with all rows' statistics plus a per-fold penalty ``l2 * scale**2`` is each
+    fold's own StandardScaler + LogisticRegression: the scales are the folds' stds over the global
+    one (sklearn's), the held-out logits the pipeline's decision function -- with a massive
+    feature, a tiny-variance one, one constant everywhere and one constant on a fold's training rows."""
+    g = torch.Generator().manual_seed(8)
+    sizes = [40, 41, 39]
+    N, d = sum(sizes), 6
+    y = (torch.rand(N, generator=g) < 0.5).long()
+    X = torch.randn(2, N, d, generator=g, dtype=torch.float64) + 0.8 * y[None, :, None]
+    X[:, :, 1] = 400 + 150 * torch.randn(2, N, generator=g, dtype=torch.float64)
+    X[:, :, 2] = 1000 + 3e-4 * (torch.randn(2, N, generator=g, dtype=torch.float64) + (2 * y - 1))
+    X[:, :, 3] = 5.0
+    X[:, :, 4] = 2.0
+    X[:, : sizes[0], 4] = torch.randn(2, sizes[0], generator=g, dtype=torch.float64)  # varies only in fold 0
+    Z, scale = standardize_folds(X, sizes, torch.float64)
+    assert Z.shape == (2, N, d + 1) and bool((Z[..., d] == 1).all()) and scale.shape == (3, 2, d)
+    bounds = np.cumsum([0, *sizes])
+    for s in range(2):
+        s_all = StandardScaler().fit(X[s].numpy()).scale_
+        for k in range(3):
+            te = np.arange(bounds[k], bounds[k + 1])
+            tr = np.setdiff1d(np.arange(N), te)
+            pipe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000))
+            pipe.fit(X[s, tr].numpy(), y[tr].numpy())
+            np.testing.assert_allclose(scale[k, s].numpy(), pipe[0].scale_ / s_all, rtol=1e-9)
+            w, b = fit_logreg_batched(Z[s:s + 1, tr], y[tr], l2=scale[k, s:s + 1] ** 2, tol=1e-12,
+                                      intercept_column=True)
+            logits = (Z[s, te, :d] @ w[0] + b[0]).numpy()
+            np.testing.assert_allclose(logits, pipe.decision_function(X[s, te].numpy()), atol=1e-5)
+    with pytest.raises(ValueError, match="sum to N"):
+        standardize_folds(X, [40, 40], torch.float64)

@@ -184,6 +184,19 @@ def test_deterministic_for_seed(data):
     assert not np.array_equal(make_folds(y, 5, 1)[0][1], make_folds(y, 5, 2)[0][1])
 
 
+def test_feature_dtypes(data):
+    """Sites in bf16 are fitted on their float32 values; float64 sites in float64 statistics (the
+    solve itself in float32 either way): the same probes as float32 copies."""
+    feats, y = data
+    feats = dict(list(feats.items())[:4])
+    rounded = {s: x.bfloat16() for s, x in feats.items()}
+    ref = probe_sweep({s: x.float() for s, x in rounded.items()}, y, return_scores=True)[1]["scores"]
+    np.testing.assert_array_equal(probe_sweep(rounded, y, return_scores=True)[1]["scores"], ref)
+    ref = probe_sweep(feats, y, return_scores=True)[1]["scores"]
+    got = probe_sweep({s: x.double() for s, x in feats.items()}, y, return_scores=True)[1]["scores"]
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
 def test_batches_of_sites_give_the_same_probes(data, monkeypatch):
     feats, y = data
     whole = probe_sweep(feats, y, seed=1, return_scores=True)
@@ -333,6 +346,19 @@ def test_errors(mutate, match):
     f, yy = mutate(feats, y)
     with pytest.raises(ValueError, match=match):
         probe_sweep(f, yy, n_folds=5)
+
+
+def test_finiteness_check_survives_an_overflowing_sum():
+    """The check sums each site first (fast); a sum that overflows on finite values falls back to the
+    element-wise test instead of refusing the site; one inf or NaN anywhere is refused."""
+    y = torch.arange(20) % 2
+    huge = torch.full((20, 3), 3e38)  # finite, but its float32 sum is inf
+    assert probes._check({"a": huge}, y)[0] == ["a"]
+    for bad in (float("inf"), float("nan")):
+        x = torch.randn(20, 3)
+        x[7, 1] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            probes._check({"a": x}, y)
 
 
 def test_bad_method(data):
