@@ -10,7 +10,9 @@ massive-activation dimension) and fits L2-regularized logistic regression, minim
 ``sum(logloss) + 0.5 * l2 * ||w||^2`` (intercept unpenalized) -- sklearn's objective with
 ``C = 1 / l2``. ``method="sklearn"`` is the per-site reference loop; ``method="torch"`` fits
 sites of the same width in batched damped-Newton solves, in cache-sized batches
-(:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`). On a 2-core CPU the
+(:data:`BATCH_BYTES`; same optimum; the solver is :mod:`workbench.logreg`), each batch's data
+prepared once for all folds (z-scored once, each fold's own statistics as a per-feature penalty:
+:func:`workbench.logreg.standardize_folds`). On a 2-core CPU the
 batched solve wins most for many narrow sites (heads, d=64) and less for wide ones (d=576, n=800:
 each fit needs a few exact Hessians and their Cholesky factors; the other Newton steps run
 conjugate gradients preconditioned by the last factor); where bf16 GEMMs are fast (AMX) the
