@@ -27,7 +27,7 @@ def fit_logreg_batched(
     X: ``[S, n, d]`` (already standardized), y: ``[n]`` 0/1. Minimizes, per site,
     ``sum_i logloss_i + 0.5 * l2 * ||w||^2`` with an unpenalized intercept -- the optimum of
     sklearn's ``LogisticRegression(C=1/l2)``. The first iteration builds the exact Hessian
-    ``[S, d+1, d+1]`` with one batched matmul and factors it (Cholesky); later iterations solve
+    ``[S, d+1, d+1]`` with one batched matmul (or from ``gram``) and factors it (Cholesky); later iterations solve
     their Newton system by conjugate gradients on exact Hessian-vector products (two passes over
     the data), preconditioned by the last factor, within ``cg_steps`` steps -- and build and
     factor a new Hessian only where that fails (the Hessian changes less and less as Newton
