@@ -271,9 +271,7 @@ def standardize(Xtr: torch.Tensor, dtype: torch.dtype, intercept_column: bool = 
     m2 = c.mean(1, keepdim=True)  # rounding error of the first mean
     c.sub_(m2)
     var = (c * c).mean(1, keepdim=True).double()  # (torch.var_mean: 20x slower here)
-    eps, mu = torch.finfo(torch.float64).eps, m1.double() + m2.double()
-    constant = var <= n * eps * var + (n * mu * eps) ** 2  # sklearn's _is_constant_feature
-    sd = torch.where(constant, torch.ones_like(var), var.sqrt()).to(Xtr.dtype)
+    sd = _sklearn_std(var, m1.double() + m2.double(), n).to(Xtr.dtype)
     c.div_(sd)
     if intercept_column:
         out[..., d] = 1
@@ -300,7 +298,7 @@ def standardize_folds(
     S, N, d = X.shape
     if sum(sizes) != N or min(sizes) < 1:
         raise ValueError(f"fold sizes {list(sizes)} must be positive and sum to N={N}")
-    f64, eps = torch.float64, torch.finfo(torch.float64).eps
+    f64 = torch.float64
     m1 = X.mean(1, keepdim=True)
     out = torch.empty(S, N, d + 1, dtype=X.dtype, device=X.device)
     c = out[..., :d]
@@ -314,9 +312,7 @@ def standardize_folds(
 
     def std(t1: torch.Tensor, t2: torch.Tensor, n: torch.Tensor) -> torch.Tensor:  # sklearn's std from the sums
         mean = t1 / n
-        var = (t2 / n - mean * mean).clamp_min(0)
-        constant = var <= n * eps * var + (n * (mu0 + mean) * eps) ** 2  # sklearn's _is_constant_feature
-        return torch.where(constant, torch.ones_like(var), var.sqrt())
+        return _sklearn_std((t2 / n - mean * mean).clamp_min(0), mu0 + mean, n)
 
     n_k = torch.tensor(list(sizes), dtype=f64, device=X.device)[:, None, None]
     s = std(s1.sum(0), s2.sum(0), n_k.sum())  # [S, d]
@@ -324,3 +320,11 @@ def standardize_folds(
     c.div_(s[:, None].to(X.dtype))
     out[..., d] = 1
     return out.to(dtype), scale
+
+
+def _sklearn_std(var: torch.Tensor, mean: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """StandardScaler's std from float64 ``var`` and ``mean`` of ``n`` rows: 1 where the variance is
+    within float64 rounding of 0 (sklearn's ``_is_constant_feature``), else ``sqrt(var)``."""
+    eps = torch.finfo(torch.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    return torch.where(constant, torch.ones_like(var), var.sqrt())

@@ -174,13 +174,15 @@ def _torch_cv_scores(features: Mapping[str, torch.Tensor], names: Sequence[str],
     total = grams.sum(0)
     ys = torch.as_tensor(y, device=device)[order]
     out = torch.empty(len(names), len(y), dtype=dtype, device=device)  # examples in the features' order
-    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        def train(t: torch.Tensor, dim: int, a=a, b=b) -> torch.Tensor:  # rows outside [a, b) along dim
-            return torch.cat([t.narrow(dim, 0, a), t.narrow(dim, b, t.shape[dim] - b)], dim)
 
+    def outside(t: torch.Tensor, dim: int, a: int, b: int) -> torch.Tensor:  # t without [a, b) along dim
+        return torch.cat([t.narrow(dim, 0, a), t.narrow(dim, b, t.shape[dim] - b)], dim)
+
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         w, b0 = fit_logreg_batched(
-            train(Z, 1), train(ys, 0), l2=l2 * scale[k] ** 2, hessian_dtype=hdt, intercept_column=True,
-            gram=total - grams[k], XT=train(ZT, 2), XhT=None if hdt is None else train(ZhT, 2))
+            outside(Z, 1, a, b), outside(ys, 0, a, b), l2=l2 * scale[k] ** 2, hessian_dtype=hdt,
+            intercept_column=True, gram=total - grams[k], XT=outside(ZT, 2, a, b),
+            XhT=None if hdt is None else outside(ZhT, 2, a, b))
         out.index_copy_(1, order[a:b], torch.baddbmm(b0[:, None, None], w[:, None, :], ZT[:, :-1, a:b])[:, 0])
     return out
 
